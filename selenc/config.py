@@ -1,0 +1,255 @@
+"""Typed, validated study parameters.
+
+`params.yaml` holds every knob of the study. `load_params` turns it into frozen pydantic objects and fails before
+any work is done with one `ConfigError` whose message names the key path, the bad value and what is allowed.
+The name tables below (architectures, datasets, metrics, attacks) are the single list of valid names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+# --- names the study knows, and the modality each one fits -------------------------------------------------------
+ARCH_MODALITY: dict[str, str] = {"lenet": "image", "cnn": "image", "bert": "text", "gpt2": "text"}
+DATASET_MODALITY: dict[str, str] = {"mnist": "image", "cifar10": "image", "rotten_tomatoes": "text"}
+METRICS: tuple[str, ...] = (
+    "random",
+    "magnitude",
+    "weight",
+    "saliency",
+    "sensitivity",
+    "hessian",
+    "distance",
+    "layer_first",
+    "layer_last",
+    "embedding_rows",
+)
+TEXT_ONLY_METRICS: frozenset[str] = frozenset({"embedding_rows"})
+ATTACK_MODALITY: dict[str, str] = {
+    "dlg": "image",
+    "idlg": "image",
+    "ig": "image",
+    "token_leakage": "text",
+    "tag": "text",
+    "lamp": "text",
+}
+THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
+MASK_SOURCES: tuple[str, ...] = ("own", "shared")
+MAX_BATCH = 8
+
+ImageDataset = Literal["mnist", "cifar10"]
+TextDataset = Literal["rotten_tomatoes"]
+Metric = Literal[METRICS]
+Attack = Literal[tuple(ATTACK_MODALITY)]
+ThreatModel = Literal[THREAT_MODELS]
+MaskSource = Literal[MASK_SOURCES]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+
+
+class ConfigError(ValueError):
+    """Invalid parameters: the message names the key path, the bad value and what is allowed."""
+
+
+class Section(BaseModel):
+    """Base of every params section: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key '{key}'; allowed keys: {allowed}",
+                    {"key": unknown[0], "allowed": ", ".join(cls.model_fields)},
+                )
+        return data
+
+
+def _unique(values: list) -> list:
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate entries {dupes}; each value may appear once")
+    return values
+
+
+def unique_list(item: Any) -> Any:
+    """The type of a non-empty list of distinct `item`s (a sweep axis)."""
+    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
+
+
+# --- sections ----------------------------------------------------------------------------------------------------
+class Study(Section):
+    seed: Annotated[int, Field(ge=0)]
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class Pretrain(Section):
+    epochs: Annotated[int, Field(ge=0)]
+    samples: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+
+
+class LeNet(Section):
+    dataset: ImageDataset
+    init: Literal["uniform", "default"]
+    pretrain: Pretrain
+
+
+class CNN(Section):
+    dataset: ImageDataset
+    width: PosInt
+    depth: Annotated[int, Field(gt=0, le=6)]  # stride-2 blocks after the first: 32 px allows at most 6
+    pretrain: Pretrain
+
+
+class Bert(Section):
+    dataset: TextDataset
+    max_length: Annotated[int, Field(ge=4, le=512)]
+    pretrain: Pretrain
+
+
+class GPT2(Section):
+    dataset: TextDataset
+    n_layer: PosInt
+    n_head: PosInt
+    n_embd: PosInt
+    n_positions: PosInt
+    max_length: Annotated[int, Field(ge=4)]
+    pretrain: Pretrain
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> GPT2:
+        if self.n_embd % self.n_head:
+            raise PydanticCustomError(
+                "shape",
+                "n_embd={n_embd} must be a multiple of n_head={n_head}",
+                {"n_embd": self.n_embd, "n_head": self.n_head},
+            )
+        if self.max_length > self.n_positions:
+            raise PydanticCustomError(
+                "shape",
+                "max_length={m} exceeds n_positions={p}; allowed: max_length <= n_positions",
+                {"m": self.max_length, "p": self.n_positions},
+            )
+        return self
+
+
+class Models(Section):
+    lenet: LeNet
+    cnn: CNN
+    bert: Bert
+    gpt2: GPT2
+
+
+class Update(Section):
+    kind: Literal["fedsgd", "fedavg"]
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)]
+    local_steps: PosInt
+    local_lr: PosFloat
+
+
+class SweepArch(Section):
+    metrics: unique_list(Metric)
+    ratios: unique_list(Ratio)
+    attacks: unique_list(Attack)
+    threat_models: unique_list(ThreatModel)
+    mask_sources: unique_list(MaskSource)
+    trials: PosInt
+
+
+class Sweep(Section):
+    lenet: SweepArch
+    cnn: SweepArch
+    bert: SweepArch
+    gpt2: SweepArch
+
+
+class Params(Section):
+    study: Study
+    models: Models
+    update: Update
+    sweep: Sweep
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+def _format_error(err: dict, source: str) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    if err["type"] == "missing":
+        return f"{source}: {path}: missing required key"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "unknown_key":
+        key = err["ctx"]["key"]
+        return f"{source}: {path + '.' if err['loc'] else ''}{key}: {msg}"
+    return f"{source}: {path}: {msg} (got {err['input']!r})"
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _check_modalities(p: Params, source: str) -> None:
+    """Cross-section rules pydantic cannot see field by field: names must fit the architecture's modality."""
+    for arch, modality in ARCH_MODALITY.items():
+        dataset = getattr(p.models, arch).dataset
+        if DATASET_MODALITY[dataset] != modality:  # guarded by the Literal types too; kept for new datasets
+            raise ConfigError(f"{source}: models.{arch}.dataset: {dataset!r} is not {_a(modality)} dataset")
+        grid: SweepArch = getattr(p.sweep, arch)
+        allowed = [a for a, m in ATTACK_MODALITY.items() if m == modality]
+        for attack in grid.attacks:
+            if ATTACK_MODALITY[attack] != modality:
+                raise ConfigError(
+                    f"{source}: sweep.{arch}.attacks: {attack!r} is {_a(ATTACK_MODALITY[attack])} attack and "
+                    f"{arch} is {_a(modality)} model; allowed: {', '.join(allowed)}"
+                )
+        if modality == "image":
+            for metric in grid.metrics:
+                if metric in TEXT_ONLY_METRICS:
+                    raise ConfigError(
+                        f"{source}: sweep.{arch}.metrics: {metric!r} needs a token embedding and {arch} is an "
+                        f"image model; allowed: {', '.join(m for m in METRICS if m not in TEXT_ONLY_METRICS)}"
+                    )
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping; raise `ConfigError` with the first problem found."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+    _check_modalities(params, source)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; every problem is a one-line `ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw, str(path))
+
+
+def derive_seed(master: int, *tags: str | int) -> int:
+    """A stable 63-bit seed for one purpose, e.g. `derive_seed(seed, "model", "lenet")`; independent of call order."""
+    digest = hashlib.sha256(":".join(map(str, (master, *tags))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

@@ -1,0 +1,113 @@
+"""The client's shared update, and the flat coordinate space every later module works in.
+
+`client_update` returns one flat vector: the FedSGD gradient of the batch loss (default) or the FedAvg update
+θ_0 − θ_k after k local SGD steps on the batch. `FlatLayout` maps each flat index to (parameter name, position)
+and back, in `named_parameters()` order, so masks and scores are plain vectors over the same n coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selenc.config import Update
+from selenc.models import Batch, Victim
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Named parameter shapes laid end to end: index i lives in `names[k]` with offsets[k] <= i < offsets[k+1]."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]  # len(names) + 1 entries; offsets[-1] == n
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> FlatLayout:
+        named = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
+        sizes = [int(np.prod(shape)) for _, shape in named]
+        return cls(tuple(n for n, _ in named), tuple(s for _, s in named), tuple(np.cumsum([0, *sizes]).tolist()))
+
+    @property
+    def n(self) -> int:
+        return self.offsets[-1]
+
+    def span(self, name: str) -> slice:
+        """The flat index range of one parameter tensor."""
+        k = self._index_of(name)
+        return slice(self.offsets[k], self.offsets[k + 1])
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors (by name or in order) into one flat vector."""
+        if isinstance(tensors, Mapping):
+            missing = [n for n in self.names if n not in tensors]
+            if missing:
+                raise ValueError(f"flatten: no tensor for parameter {missing[0]!r}")
+            tensors = [tensors[n] for n in self.names]
+        if len(tensors) != len(self.names):
+            raise ValueError(f"flatten: got {len(tensors)} tensors for {len(self.names)} parameters")
+        for name, shape, t in zip(self.names, self.shapes, tensors, strict=True):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"flatten: {name!r} has shape {tuple(t.shape)}, the model's is {shape}")
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector back into named tensors (views, no copy)."""
+        if flat.ndim != 1 or flat.numel() != self.n:
+            raise ValueError(f"unflatten: expected a 1-D vector of {self.n} values, got shape {tuple(flat.shape)}")
+        return {
+            name: flat[a:b].view(shape)
+            for name, shape, a, b in zip(self.names, self.shapes, self.offsets[:-1], self.offsets[1:], strict=True)
+        }
+
+    def parameter_of(self, indices: np.ndarray) -> np.ndarray:
+        """For each flat index, the position of its parameter in `names` (vectorised)."""
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n):
+            raise IndexError(f"flat indices must lie in [0, {self.n}), got [{indices.min()}, {indices.max()}]")
+        return np.searchsorted(np.asarray(self.offsets), indices, side="right") - 1
+
+    def locate(self, index: int) -> tuple[str, tuple[int, ...]]:
+        """Flat index -> (parameter name, position inside the tensor)."""
+        k = int(self.parameter_of(np.asarray([index]))[0])
+        pos = np.unravel_index(index - self.offsets[k], self.shapes[k])
+        return self.names[k], tuple(int(p) for p in pos)
+
+    def index(self, name: str, position: tuple[int, ...]) -> int:
+        """(parameter name, position) -> flat index."""
+        k = self._index_of(name)
+        return self.offsets[k] + int(np.ravel_multi_index(position, self.shapes[k]))
+
+    def _index_of(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no parameter named {name!r} in this layout") from None
+
+
+def client_update(victim: Victim, batch: Batch, cfg: Update, create_graph: bool = False) -> torch.Tensor:
+    """The flat update a client shares for `batch`: FedSGD gradient or FedAvg delta θ_0 − θ_k.
+
+    The model itself is never changed. With `create_graph=True` the result stays differentiable with respect to
+    the batch inputs (what gradient-matching attacks need).
+    """
+    names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
+    theta0 = [p for p in victim.model.parameters() if p.requires_grad]
+    if cfg.kind == "fedsgd":
+        # materialize_grads: a parameter the batch does not reach (the token embedding when the batch holds
+        # embeddings instead of ids) gets an all-zero gradient instead of an error
+        grads = torch.autograd.grad(victim.loss(batch), theta0, create_graph=create_graph, materialize_grads=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return flat if create_graph else flat.detach()
+    theta = theta0 if create_graph else [p.detach().requires_grad_() for p in theta0]
+    for _ in range(cfg.local_steps):
+        loss = victim.loss(batch, params=dict(zip(names, theta, strict=True)))
+        grads = torch.autograd.grad(loss, theta, create_graph=create_graph, materialize_grads=True)
+        theta = [t - cfg.local_lr * g for t, g in zip(theta, grads, strict=True)]
+        if not create_graph:
+            theta = [t.detach().requires_grad_() for t in theta]
+    flat = torch.cat([(a - b).reshape(-1) for a, b in zip(theta0, theta, strict=True)])
+    return flat if create_graph else flat.detach()

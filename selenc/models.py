@@ -1,0 +1,256 @@
+"""The four victim models, built from params with a seeded init on the chosen device.
+
+- `lenet`: the DLG LeNet: three 5x5 convs with 12 channels and sigmoids, one linear layer, 32x32 input.
+  MNIST's 28x28 digits are zero-padded to 32x32 (as in the original LeNet-5), so the architecture is the same
+  for both datasets except for the number of input channels (1 or 3).
+- `cnn`: a ReLU conv net; `depth` 3x3 conv blocks, the first with `width` channels, each later one doubling the
+  channels and halving the resolution; then one linear layer.
+- `bert`: `BertForSequenceClassification` on the pretrained all-MiniLM-L6-v2 encoder (read in place from the
+  installed package), with a new seeded 2-label head.
+- `gpt2`: `GPT2ForSequenceClassification` with the real GPT-2 tokenizer and **random** weights: no pretrained
+  GPT-2 weights can be installed offline. Its size comes from params.
+
+Every model runs in eval mode (no dropout): the shared update is then a deterministic function of the batch,
+which the attacks and the theory assume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from selenc import data
+from selenc.config import ARCH_MODALITY, Params, Pretrain, derive_seed
+
+NUM_CLASSES = {"mnist": 10, "cifar10": 10, "rotten_tomatoes": 2}
+CHANNELS = {"mnist": 1, "cifar10": 3}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("study.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+class LeNet(nn.Module):
+    """DLG's LeNet: sigmoid activations, 12 channels, 5x5 kernels, 32x32 input."""
+
+    def __init__(self, channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            nn.Sigmoid(),
+        )
+        self.fc = nn.Linear(12 * 8 * 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+class ConvNet(nn.Module):
+    """A ReLU CNN of configurable width and depth for 32x32 inputs."""
+
+    def __init__(self, channels: int = 3, num_classes: int = 10, width: int = 16, depth: int = 3):
+        super().__init__()
+        layers, c_in, side = [], channels, data.IMAGE_SIZE
+        for i in range(depth):
+            c_out = width * 2**i
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
+            c_in, side = c_out, side // stride
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+@dataclass
+class Batch:
+    """One client batch on the model's device: images (B, C, H, W) or token ids (B, T) with their mask."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Victim:
+    """A model with what the study needs around it: modality, device, tokenizer and input metadata."""
+
+    arch: str
+    model: nn.Module
+    device: torch.device
+    num_classes: int
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (max_length,) for text
+    tokenizer: object | None = None
+    pretrain_losses: list[float] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str:
+        return ARCH_MODALITY[self.arch]
+
+    def image_batch(self, images: data.Images) -> Batch:
+        x = data.to_tensor(images.images, self.input_shape[0]).to(self.device)
+        return Batch(x, torch.as_tensor(images.labels, device=self.device))
+
+    def text_batch(self, sentences: list[data.Sentence]) -> Batch:
+        enc = self.tokenizer(
+            [s.text for s in sentences],
+            padding=True,
+            truncation=True,
+            max_length=self.input_shape[0],
+            return_tensors="pt",
+        )
+        labels = torch.tensor([s.label for s in sentences], device=self.device)
+        return Batch(enc["input_ids"].to(self.device), labels, enc["attention_mask"].to(self.device))
+
+    def logits(self, batch: Batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits; `params` replaces the model's parameters by name (for updates and attacks).
+
+        Text batches hold token ids (B, T) or, for attacks that optimise embeddings, float embeddings (B, T, E).
+        """
+        if self.modality == "image":
+            args, kwargs = (batch.inputs,), {}
+        else:
+            key = "inputs_embeds" if batch.inputs.is_floating_point() else "input_ids"
+            args, kwargs = (), {key: batch.inputs, "attention_mask": batch.attention_mask}
+        out = self.model(*args, **kwargs) if params is None else functional_call(self.model, params, args, kwargs)
+        return out if self.modality == "image" else out.logits
+
+    def loss(self, batch: Batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the batch: the client's training loss."""
+        return F.cross_entropy(self.logits(batch, params), batch.labels)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _bert(cfg, num_classes: int):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    _quiet_transformers()
+    path = data.minilm_dir()
+    model = BertForSequenceClassification.from_pretrained(path, num_labels=num_classes, attn_implementation="eager")
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _gpt2(cfg, num_classes: int):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2TokenizerFast
+
+    _quiet_transformers()
+    tok = GPT2TokenizerFast.from_pretrained(data.gpt2_tokenizer_dir())
+    tok.pad_token = tok.eos_token  # GPT-2 has no pad token; the classifier reads the last non-pad position
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        n_positions=cfg.n_positions,
+        num_labels=num_classes,
+        pad_token_id=tok.pad_token_id,
+    )
+    config._attn_implementation = "eager"
+    return GPT2ForSequenceClassification(config), tok
+
+
+def build_victim(arch: str, params: Params, device: torch.device | None = None) -> Victim:
+    """Build `arch` from params with a seed derived from `study.seed`, pretrained if params ask for it."""
+    if arch not in ARCH_MODALITY:
+        raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCH_MODALITY)}")
+    cfg = getattr(params.models, arch)
+    device = device or resolve_device(params.study.device)
+    num_classes = NUM_CLASSES[cfg.dataset]
+    tokenizer = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(params.study.seed, "model", arch))
+        if arch == "lenet":
+            model = LeNet(CHANNELS[cfg.dataset], num_classes)
+            if cfg.init == "uniform":
+                for p in model.parameters():
+                    nn.init.uniform_(p, -0.5, 0.5)
+        elif arch == "cnn":
+            model = ConvNet(CHANNELS[cfg.dataset], num_classes, cfg.width, cfg.depth)
+        elif arch == "bert":
+            model, tokenizer = _bert(cfg, num_classes)
+        else:
+            model, tokenizer = _gpt2(cfg, num_classes)
+    model = model.to(device).eval()
+    if ARCH_MODALITY[arch] == "image":
+        shape = (CHANNELS[cfg.dataset], data.IMAGE_SIZE, data.IMAGE_SIZE)
+    else:
+        shape = (cfg.max_length,)
+    victim = Victim(arch, model, device, num_classes, shape, tokenizer)
+    if cfg.pretrain.epochs:
+        victim.pretrain_losses = pretrain(victim, cfg.pretrain, derive_seed(params.study.seed, "pretrain", arch))
+    return victim
+
+
+def pretrain(victim: Victim, cfg: Pretrain, seed: int) -> list[float]:
+    """Short Adam training on the real pretraining pool (never the attack targets); returns the loss per step."""
+    if victim.modality == "image":
+        pool = data.pretrain_images(cfg.samples)
+        n = len(pool)
+        make = lambda idx: victim.image_batch(data.Images(pool.images[idx], pool.labels[idx]))  # noqa: E731
+    else:
+        sentences = data.pretrain_sentences(cfg.samples)
+        n = len(sentences)
+        make = lambda idx: victim.text_batch([sentences[i] for i in idx])  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(victim.model.parameters(), lr=cfg.lr)
+    losses = []
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    with tqdm(total=steps, desc=f"pretrain {victim.arch}", leave=False) as bar:
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+                opt.zero_grad()
+                loss = victim.loss(make(idx.numpy()))
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    victim.model.eval()
+    return losses
+
+
+def main() -> None:
+    """Print the default victims built from params.yaml: parameter counts and input shapes."""
+    import argparse
+
+    from selenc.config import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m selenc.models", description=main.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    params = load_params(parser.parse_args().params)
+    print("| arch | modality | dataset | parameters | input | device |\n|---|---|---|---:|---|---|")
+    for arch in ARCH_MODALITY:
+        v = build_victim(arch, params)
+        dataset = getattr(params.models, arch).dataset
+        print(f"| {arch} | {v.modality} | {dataset} | {v.num_parameters():,} | {v.input_shape} | {v.device} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Shared fixtures: the repo's params, and the four victim models built once per session."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selenc.config import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def raw(raw_params) -> dict:
+    """A mutable copy of params.yaml's content."""
+    return copy.deepcopy(raw_params)
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+def with_changes(raw: dict, **changes) -> Params:
+    """params.yaml with dotted keys replaced, e.g. with_changes(raw, **{"update.kind": "fedavg"})."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def victims(params):
+    """The four default models (BERT loads 90 MB of weights: build each once)."""
+    from selenc.models import build_victim
+
+    return {arch: build_victim(arch, params) for arch in ("lenet", "cnn", "bert", "gpt2")}
