@@ -161,6 +161,33 @@ class Update(Section):
     local_lr: PosFloat
 
 
+class Significance(Section):
+    samples: PosInt
+    distance_q: Literal["far", "near", "path"]
+    near_eps: PosFloat
+    path_lr: PosFloat
+    shared_clients: Annotated[int, Field(ge=2)]
+
+
+class HE(Section):
+    poly_modulus_degree: Literal[4096, 8192, 16384, 32768]
+    coeff_mod_bit_sizes: Annotated[list[Annotated[int, Field(ge=20, le=60)]], Field(min_length=3)]
+    scale_bits: Annotated[int, Field(ge=20, le=60)]
+    max_ciphertexts: PosInt
+    threads: PosInt
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> HE:
+        inner = self.coeff_mod_bit_sizes[1:-1]
+        if any(b != self.scale_bits for b in inner):
+            raise PydanticCustomError(
+                "he",
+                "the inner coeff_mod_bit_sizes {inner} must equal scale_bits={s} (CKKS rescaling)",
+                {"inner": inner, "s": self.scale_bits},
+            )
+        return self
+
+
 class SweepArch(Section):
     metrics: unique_list(Metric)
     ratios: unique_list(Ratio)
@@ -181,6 +208,8 @@ class Params(Section):
     study: Study
     models: Models
     update: Update
+    significance: Significance
+    he: HE
     sweep: Sweep
 
 

@@ -79,11 +79,17 @@ class ConvNet(nn.Module):
 
 @dataclass
 class Batch:
-    """One client batch on the model's device: images (B, C, H, W) or token ids (B, T) with their mask."""
+    """One client batch on the model's device: images (B, C, H, W) or token ids (B, T) with their mask.
+
+    Text batches may instead hold float embeddings (B, T, E) as `inputs` (what embedding-space attacks optimise), or
+    token ids plus an `input_offset` (B, T, E) added to their embeddings: a continuous input around the real tokens
+    whose update still has gradient rows at those tokens (used by input-derivative metrics).
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor | None = None
+    input_offset: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -126,12 +132,28 @@ class Victim:
         Text batches hold token ids (B, T) or, for attacks that optimise embeddings, float embeddings (B, T, E).
         """
         if self.modality == "image":
-            args, kwargs = (batch.inputs,), {}
-        else:
-            key = "inputs_embeds" if batch.inputs.is_floating_point() else "input_ids"
-            args, kwargs = (), {key: batch.inputs, "attention_mask": batch.attention_mask}
-        out = self.model(*args, **kwargs) if params is None else functional_call(self.model, params, args, kwargs)
-        return out if self.modality == "image" else out.logits
+            return self._call(self.model, params, batch.inputs)
+        key = "inputs_embeds" if batch.inputs.is_floating_point() else "input_ids"
+        kwargs = {key: batch.inputs, "attention_mask": batch.attention_mask}
+        hook = None
+        if batch.input_offset is not None:
+            offset = batch.input_offset
+            hook = self.model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out + offset)
+        try:
+            if self.arch == "gpt2":  # pool at the last non-pad position, read from the mask (works for embeddings too)
+                hidden = self._call(self.model.transformer, _prefixed(params, "transformer."), **kwargs)[0]
+                mask = batch.attention_mask
+                last = (mask.sum(1) - 1) if mask is not None else torch.full_like(batch.labels, hidden.shape[1] - 1)
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+                return self._call(self.model.score, _prefixed(params, "score."), pooled)
+            return self._call(self.model, params, **kwargs).logits
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    @staticmethod
+    def _call(module: nn.Module, params: dict[str, torch.Tensor] | None, *args, **kwargs):
+        return module(*args, **kwargs) if params is None else functional_call(module, params, args, kwargs)
 
     def loss(self, batch: Batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean cross-entropy of the batch: the client's training loss."""
@@ -139,6 +161,13 @@ class Victim:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def _prefixed(params: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of `params` under a submodule, renamed relative to it."""
+    if params is None:
+        return None
+    return {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
 
 
 def _quiet_transformers() -> None:

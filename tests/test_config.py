@@ -46,7 +46,11 @@ DELETE = object()
 
 # (key path, bad value, substrings the one-line message must contain)
 BAD = [
-    ("extra", 1, ["params: extra: unknown key 'extra'", "allowed keys: study, models, update, sweep"]),
+    (
+        "extra",
+        1,
+        ["params: extra: unknown key 'extra'", "allowed keys: study, models, update, significance, he, sweep"],
+    ),
     (
         "models.lenet.chanels",
         12,

@@ -1,0 +1,117 @@
+"""Encryption masks from significance scores, and the update as the server observes it.
+
+The mask for ratio ρ over n coordinates holds exactly k = ⌈ρ·n⌉ coordinates (ρ = 0 -> none, ρ = 1 -> all): the k
+highest scores, ties broken by the lower flat index, found in O(n) with a partition (no sort, no Python loop).
+Mask sources: `own` (the victim's scores) or `shared` (the sum of K clients' normalised scores: the single mask a
+deployment must agree on, because homomorphic aggregation adds ciphertexts slot by slot).
+
+`ObservedUpdate` is everything an honest-but-curious server sees: the plaintext values of the visible coordinates,
+the mask, the parameter layout and public metadata. It never holds the encrypted values, so an attack that receives
+it cannot reach them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from selenc.gradients import FlatLayout
+
+
+def budget(ratio: float, n: int) -> int:
+    """k = ⌈ρ·n⌉, computed on the decimal value of ρ (0.2 · 20 is 4, not 5 from float round-off)."""
+    if not 0.0 <= ratio <= 1.0 or math.isnan(ratio):
+        raise ValueError(f"ratio must lie in [0, 1], got {ratio!r}")
+    return math.ceil(Fraction(repr(float(ratio))) * n)
+
+
+def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be a flat vector, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores contain {np.count_nonzero(~np.isfinite(s))} NaN/inf values")
+    return s
+
+
+def top_k_mask(scores: torch.Tensor | np.ndarray, ratio: float) -> torch.Tensor:
+    """Boolean mask (True = encrypted) of the ⌈ρ·n⌉ highest scores; equal scores go to the lower index first."""
+    return top_k(scores, budget(ratio, len(scores)))
+
+
+def top_k(scores: torch.Tensor | np.ndarray, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the k highest scores (ties to the lower index), in O(n)."""
+    s = _as_numpy(scores)
+    n = s.size
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    mask = np.zeros(n, dtype=bool)
+    if k == n:
+        mask[:] = True
+    elif k > 0:
+        kth = np.partition(s, n - k)[n - k]  # the k-th largest value
+        above = s > kth
+        ties = np.flatnonzero(s == kth)[: k - int(above.sum())]
+        mask = above
+        mask[ties] = True
+    return torch.from_numpy(mask)
+
+
+def normalise(scores: torch.Tensor) -> torch.Tensor:
+    """Scores scaled to sum to 1 (all-zero scores become uniform), so clients weigh equally in a shared mask."""
+    scores = scores.double()
+    total = scores.sum()
+    return scores / total if total > 0 else torch.full_like(scores, 1.0 / scores.numel())
+
+
+def shared_scores(client_scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The shared-mask scores: the sum of K clients' normalised score vectors."""
+    if len(client_scores) < 1:
+        raise ValueError("shared_scores needs at least one client's scores")
+    sizes = {s.numel() for s in client_scores}
+    if len(sizes) != 1:
+        raise ValueError(f"clients' score vectors differ in length: {sorted(sizes)}")
+    return torch.stack([normalise(s) for s in client_scores]).sum(0)
+
+
+@dataclass(frozen=True)
+class ObservedUpdate:
+    """What the server sees of one client's update: visible plaintext values, the mask, layout and metadata."""
+
+    visible: torch.Tensor  # values of the visible coordinates, in flat order (length n − k)
+    mask: torch.Tensor  # bool (n,), True = encrypted: position public, value hidden
+    layout: FlatLayout
+    metadata: dict = field(default_factory=dict)  # public facts: arch, input shape, batch size, labels, ...
+
+    @classmethod
+    def observe(
+        cls, update: torch.Tensor, mask: torch.Tensor, layout: FlatLayout, metadata: dict | None = None
+    ) -> ObservedUpdate:
+        """Keep only what crosses the wire in plaintext: a copy of the visible values (the hidden ones are dropped)."""
+        if update.ndim != 1 or update.numel() != layout.n:
+            raise ValueError(f"update must be a flat vector of {layout.n} values, got shape {tuple(update.shape)}")
+        if mask.dtype != torch.bool or mask.shape != update.shape:
+            raise ValueError(f"mask must be a bool vector of shape {tuple(update.shape)}")
+        mask = mask.detach().cpu().clone()
+        visible = update.detach()[~mask.to(update.device)].clone()
+        return cls(visible, mask, layout, dict(metadata or {}))
+
+    @property
+    def n(self) -> int:
+        return self.layout.n
+
+    @property
+    def visible_index(self) -> torch.Tensor:
+        """Flat indices of the visible coordinates (the attacker's loss runs over these when mask-aware)."""
+        return (~self.mask).nonzero().flatten()
+
+    def zero_filled(self) -> torch.Tensor:
+        """The full-length update with hidden coordinates set to 0 (the zero-fill attacker's view)."""
+        full = torch.zeros(self.n, dtype=self.visible.dtype, device=self.visible.device)
+        full[self.visible_index.to(self.visible.device)] = self.visible
+        return full

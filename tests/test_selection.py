@@ -1,0 +1,99 @@
+"""Masks of exactly ⌈ρ·n⌉ coordinates with deterministic ties; shared masks; what the server observes."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selenc.gradients import FlatLayout
+from selenc.selection import ObservedUpdate, budget, normalise, shared_scores, top_k_mask
+
+
+@pytest.mark.parametrize(
+    ("ratio", "n", "k"),
+    [(0.0, 100, 0), (1.0, 100, 100), (0.2, 20, 4), (0.1, 15826, 1583), (0.05, 7, 1), (0.3, 10, 3), (0.01, 1, 1)],
+)
+def test_budget_is_the_ceiling_of_the_decimal_ratio(ratio, n, k):
+    assert budget(ratio, n) == k
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.01, float("nan")])
+def test_budget_rejects_ratios_outside_the_unit_interval(ratio):
+    with pytest.raises(ValueError, match=r"ratio must lie in \[0, 1\]"):
+        budget(ratio, 10)
+
+
+def test_mask_takes_the_highest_scores():
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.random(10_000))
+    for ratio in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0):
+        mask = top_k_mask(scores, ratio)
+        k = math.ceil(ratio * 10_000)
+        assert mask.dtype == torch.bool and int(mask.sum()) == k
+        if 0 < k < 10_000:
+            assert scores[mask].min() > scores[~mask].max()
+
+
+def test_ties_go_to_the_lower_index():
+    assert top_k_mask(torch.ones(10), 0.3).nonzero().flatten().tolist() == [0, 1, 2]
+    scores = torch.tensor([0.0, 5.0, 1.0, 1.0, 1.0, 5.0, 1.0])
+    assert top_k_mask(scores, 0.5).nonzero().flatten().tolist() == [1, 2, 3, 5]  # 4 = ⌈3.5⌉: both 5s, then 1s in order
+    assert torch.equal(top_k_mask(scores, 0.5), top_k_mask(scores.numpy(), 0.5))
+
+
+def test_bad_scores_are_refused():
+    with pytest.raises(ValueError, match="1 NaN/inf values"):
+        top_k_mask(torch.tensor([1.0, float("nan"), 2.0]), 0.5)
+    with pytest.raises(ValueError, match="flat vector"):
+        top_k_mask(torch.ones(2, 2), 0.5)
+
+
+def test_selection_is_vectorised_on_25m_coordinates():
+    scores = torch.rand(25_000_000, generator=torch.Generator().manual_seed(0))
+    mask = top_k_mask(scores, 0.1)
+    assert int(mask.sum()) == 2_500_000
+
+
+def test_shared_mask_weighs_clients_equally():
+    loud = torch.tensor([1000.0, 0.0, 0.0, 0.0, 1.0])
+    quiet = torch.tensor([0.0, 0.002, 0.0, 0.0, 0.0])
+    shared = shared_scores([loud, quiet])
+    assert top_k_mask(shared, 0.4).nonzero().flatten().tolist() == [0, 1]
+    assert torch.allclose(normalise(loud).sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.equal(normalise(torch.zeros(4)), torch.full((4,), 0.25, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"differ in length: \[3, 5\]"):
+        shared_scores([loud, torch.ones(3)])
+
+
+@pytest.fixture
+def lenet_layout(victims):
+    return FlatLayout.of(victims["lenet"].model)
+
+
+def test_observed_update_holds_only_the_visible_values(lenet_layout):
+    n = lenet_layout.n
+    update = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    mask = top_k_mask(update.abs(), 0.2)
+    update[mask] = 12345.0  # a sentinel: the hidden values must appear nowhere in the observed view
+    observed = ObservedUpdate.observe(update, mask, lenet_layout, {"arch": "lenet", "batch_size": 1})
+    assert observed.visible.numel() == n - int(mask.sum())
+    assert torch.equal(observed.visible, update[~mask])
+    for f in dataclasses.fields(observed):
+        value = getattr(observed, f.name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert not (value == 12345.0).any(), f"hidden values reachable through {f.name}"
+    filled = observed.zero_filled()
+    assert torch.equal(filled[mask], torch.zeros(int(mask.sum())))
+    assert torch.equal(filled[~mask], update[~mask])
+    update[~mask] = 0.0  # the view is a copy: later changes to the client's tensor do not reach it
+    assert observed.visible.abs().sum() > 0
+
+
+def test_observed_update_rejects_mismatched_inputs(lenet_layout):
+    n = lenet_layout.n
+    with pytest.raises(ValueError, match=f"flat vector of {n} values"):
+        ObservedUpdate.observe(torch.zeros(n - 1), torch.zeros(n - 1, dtype=torch.bool), lenet_layout)
+    with pytest.raises(ValueError, match="mask must be a bool vector"):
+        ObservedUpdate.observe(torch.zeros(n), torch.zeros(n), lenet_layout)
