@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from selenc import data
 from selenc.config import METRICS as CONFIG_METRICS
 from selenc.gradients import FlatLayout, client_update, update_jvp
 from selenc.models import Batch, Victim
