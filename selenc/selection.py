@@ -79,6 +79,18 @@ def shared_scores(client_scores: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([normalise(s) for s in client_scores]).sum(0)
 
 
+def make_mask(client_scores: Sequence[torch.Tensor], ratio: float, source: str) -> torch.Tensor:
+    """The encryption mask at ratio ρ: `own` ranks the victim's scores (the first entry); `shared` ranks the sum of
+    all K clients' normalised scores, the one mask every client must use for homomorphic aggregation."""
+    if source == "own":
+        return top_k_mask(client_scores[0], ratio)
+    if source == "shared":
+        if len(client_scores) < 2:
+            raise ValueError(f"a shared mask needs the scores of K >= 2 clients, got {len(client_scores)}")
+        return top_k_mask(shared_scores(client_scores), ratio)
+    raise ValueError(f"unknown mask source {source!r}; allowed: own, shared")
+
+
 @dataclass(frozen=True)
 class ObservedUpdate:
     """What the server sees of one client's update: visible plaintext values, the mask, layout and metadata."""

@@ -206,6 +206,18 @@ METRICS: dict[str, Callable[[ClientView], torch.Tensor]] = {
 }
 
 
+def client_scores(
+    metric: str, victim: Victim, batches: list[Batch], update_cfg: Update, cfg: Significance, seed: int
+) -> list[torch.Tensor]:
+    """Scores of each client's own batch (client j seeds its metric with `derive_seed(seed, j)`); the victim's batch
+    comes first. Feeds `selection.make_mask`, whose `shared` source sums them."""
+    out = []
+    for j, batch in enumerate(batches):
+        update = client_update(victim, batch, update_cfg)
+        out.append(scores(metric, ClientView(victim, batch, update, update_cfg, cfg, derive_seed(seed, "client", j))))
+    return out
+
+
 def scores(metric: str, view: ClientView) -> torch.Tensor:
     """Score every coordinate of `view.update` with `metric`: a finite float32 vector of the update's length."""
     if metric not in METRICS:

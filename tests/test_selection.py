@@ -97,3 +97,24 @@ def test_observed_update_rejects_mismatched_inputs(lenet_layout):
         ObservedUpdate.observe(torch.zeros(n - 1), torch.zeros(n - 1, dtype=torch.bool), lenet_layout)
     with pytest.raises(ValueError, match="mask must be a bool vector"):
         ObservedUpdate.observe(torch.zeros(n), torch.zeros(n), lenet_layout)
+
+
+def test_own_and_shared_masks_from_real_clients(victims, params):
+    from selenc import data
+    from selenc.selection import make_mask
+    from selenc.significance import client_scores
+
+    victim = victims["lenet"]
+    images = data.target_images("cifar10")
+    batches = [victim.image_batch(data.Images(images.images[i : i + 1], images.labels[i : i + 1])) for i in range(4)]
+    per_client = client_scores("magnitude", victim, batches, params.update, params.significance, seed=0)
+    own = make_mask(per_client, 0.1, "own")
+    shared = make_mask(per_client, 0.1, "shared")
+    assert int(own.sum()) == int(shared.sum()) == budget(0.1, per_client[0].numel())
+    assert torch.equal(own, top_k_mask(per_client[0], 0.1))
+    assert torch.equal(shared, top_k_mask(shared_scores(per_client), 0.1))
+    assert not torch.equal(own, shared)  # other clients' data move the shared mask
+    with pytest.raises(ValueError, match="needs the scores of K >= 2 clients"):
+        make_mask(per_client[:1], 0.1, "shared")
+    with pytest.raises(ValueError, match="unknown mask source 'mine'"):
+        make_mask(per_client, 0.1, "mine")
