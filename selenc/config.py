@@ -188,6 +188,45 @@ class HE(Section):
         return self
 
 
+class LBFGSAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    restarts: PosInt
+
+
+class IGAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    tv: Annotated[float, Field(ge=0.0)]
+    restarts: PosInt
+
+
+class TAGAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    alpha: Annotated[float, Field(ge=0.0)]
+    restarts: PosInt
+    restrict_vocab: bool
+
+
+class LAMPAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    embedding_reg: Annotated[float, Field(ge=0.0)]
+    reorder_every: PosInt
+    reorder_candidates: PosInt
+    restarts: PosInt
+    restrict_vocab: bool
+
+
+class Attacks(Section):
+    dlg: LBFGSAttack
+    idlg: LBFGSAttack
+    ig: IGAttack
+    tag: TAGAttack
+    lamp: LAMPAttack
+
+
 class SweepArch(Section):
     metrics: unique_list(Metric)
     ratios: unique_list(Ratio)
@@ -210,6 +249,7 @@ class Params(Section):
     update: Update
     significance: Significance
     he: HE
+    attacks: Attacks
     sweep: Sweep
 
 

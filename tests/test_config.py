@@ -49,7 +49,7 @@ BAD = [
     (
         "extra",
         1,
-        ["params: extra: unknown key 'extra'", "allowed keys: study, models, update, significance, he, sweep"],
+        ["params: extra: unknown key 'extra'", "allowed keys: study, models, update, significance, he, attacks, sweep"],
     ),
     (
         "models.lenet.chanels",

@@ -1,0 +1,1 @@
+"""Gradient inversion attacks (registry filled in by the image and text attack modules)."""

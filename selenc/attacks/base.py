@@ -1,0 +1,136 @@
+"""What every gradient inversion attack shares: the server's view, the matching objective, the result.
+
+An attack is a function `(observed, victim, cfg, threat_model, seed) -> AttackResult`. It receives the
+`ObservedUpdate` (visible values, mask, layout, public metadata) and the model the server itself distributed
+(`victim`: weights, tokenizer, input shape); never the client's batch or the encrypted values. `Matcher` is built from
+the observed update alone, so its objective cannot depend on hidden values:
+
+- `mask_aware` (realistic): the distance runs over the visible coordinates only;
+- `zero_fill` (what earlier selective-encryption evaluations did): hidden coordinates are taken as 0 and the distance
+  runs over all n coordinates, which makes the attacker chase zeros and overstates protection.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from selenc.config import THREAT_MODELS, Update
+from selenc.gradients import FlatLayout, client_update
+from selenc.models import Batch, Victim
+from selenc.selection import ObservedUpdate
+
+
+@dataclass(frozen=True)
+class PublicInfo:
+    """Public facts of the protocol: known to the server without looking at any client data."""
+
+    arch: str
+    batch_size: int
+    num_classes: int
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (max_length,) for text
+    update: Update  # how clients compute their update (FedSGD / FedAvg steps and lr)
+
+    def as_metadata(self) -> dict:
+        return {"public": self}
+
+
+def public_info(observed: ObservedUpdate) -> PublicInfo:
+    info = observed.metadata.get("public")
+    if not isinstance(info, PublicInfo):
+        raise ValueError(
+            "the observed update carries no PublicInfo: build it with metadata=PublicInfo(...).as_metadata()"
+        )
+    return info
+
+
+@dataclass
+class AttackResult:
+    """An attack's output: the reconstruction, the recovered labels or tokens, and a trace."""
+
+    labels: torch.Tensor  # recovered labels (B,)
+    images: torch.Tensor | None = None  # (B, C, H, W) in [0, 1]
+    token_ids: list[list[int]] | None = None  # recovered token ids per sample, specials removed
+    texts: list[str] | None = None  # decoded token_ids
+    losses: list[float] = field(default_factory=list)  # objective per step of the winning restart
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)  # attack-specific facts (restart losses, leaked token count, ...)
+
+
+class Matcher:
+    """The attacker's gradient distance between a dummy batch's update and the observed update."""
+
+    def __init__(self, observed: ObservedUpdate, victim: Victim, threat_model: str):
+        if threat_model not in THREAT_MODELS:
+            raise ValueError(f"unknown threat model {threat_model!r}; allowed: {', '.join(THREAT_MODELS)}")
+        self.victim = victim
+        self.threat_model = threat_model
+        self.update_cfg = public_info(observed).update
+        device = victim.device
+        if threat_model == "mask_aware":
+            self.index: torch.Tensor | None = observed.visible_index.to(device)
+            self.target = observed.visible.to(device)
+        else:
+            self.index = None
+            self.target = observed.zero_filled().to(device)
+
+    @property
+    def blind(self) -> bool:
+        """True when the attacker measures nothing (mask-aware with every coordinate encrypted)."""
+        return self.target.numel() == 0
+
+    def seen(self, update: torch.Tensor) -> torch.Tensor:
+        """The part of a full-length update this attacker compares."""
+        return update if self.index is None else update.index_select(0, self.index)
+
+    def dummy_update(self, batch: Batch) -> torch.Tensor:
+        """The compared part of the update a client would send for `batch` (differentiable in the batch)."""
+        return self.seen(client_update(self.victim, batch, self.update_cfg, create_graph=True))
+
+    def l2(self, batch: Batch) -> torch.Tensor:
+        return (self.dummy_update(batch) - self.target).square().sum()
+
+    def l2_l1(self, batch: Batch, alpha: float) -> torch.Tensor:
+        diff = self.dummy_update(batch) - self.target
+        return diff.square().sum() + alpha * diff.abs().sum()
+
+    def cosine(self, batch: Batch) -> torch.Tensor:
+        """1 − cos(dummy, target); 0 (constant, no signal) when nothing is compared or the target is all zero."""
+        dummy = self.dummy_update(batch)
+        if self.blind or not self.target.any():
+            return dummy.sum() * 0.0
+        return 1.0 - F.cosine_similarity(dummy, self.target, dim=0)
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def visible_rows(observed: ObservedUpdate, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A parameter's gradient as the server sees it: (values with hidden entries 0, bool mask of visible entries)."""
+    span = observed.layout.span(name)
+    values = observed.zero_filled()[span].view(shape)
+    seen = (~observed.mask[span]).view(shape)
+    return values, seen.to(values.device)
+
+
+def observe_client(
+    victim: Victim, batch: Batch, update_cfg: Update, mask: torch.Tensor | None = None
+) -> ObservedUpdate:
+    """What the server receives from a client with `batch`: its update with `mask`'s coordinates hidden (none by
+    default: the unprotected, ratio-0 case), plus the public protocol facts."""
+    update = client_update(victim, batch, update_cfg)
+    if mask is None:
+        mask = torch.zeros(update.numel(), dtype=torch.bool)
+    info = PublicInfo(victim.arch, len(batch), victim.num_classes, victim.input_shape, update_cfg)
+    return ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), info.as_metadata())
