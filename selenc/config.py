@@ -237,10 +237,28 @@ class SweepArch(Section):
 
 
 class Sweep(Section):
+    workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
+    time_limit_s: PosFloat
     lenet: SweepArch
     cnn: SweepArch
     bert: SweepArch
     gpt2: SweepArch
+
+
+class PrivacyLevel(Section):
+    """A trial is protected at this level when the attack stays under every bound of its modality."""
+
+    psnr_max: float
+    ssim_max: float
+    rouge1_max: Ratio
+    token_f1_max: Ratio
+
+
+class Guidelines(Section):
+    levels: Annotated[dict[str, PrivacyLevel], Field(min_length=1)]
+    success_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
+    threat_model: ThreatModel
+    mask_source: MaskSource
 
 
 class Params(Section):
@@ -251,6 +269,7 @@ class Params(Section):
     he: HE
     attacks: Attacks
     sweep: Sweep
+    guidelines: Guidelines
 
 
 # --- loading -----------------------------------------------------------------------------------------------------

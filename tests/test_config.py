@@ -49,14 +49,17 @@ BAD = [
     (
         "extra",
         1,
-        ["params: extra: unknown key 'extra'", "allowed keys: study, models, update, significance, he, attacks, sweep"],
+        [
+            "params: extra: unknown key 'extra'",
+            "allowed keys: study, models, update, significance, he, attacks, sweep, guidelines",
+        ],
     ),
     (
         "models.lenet.chanels",
         12,
         ["models.lenet.chanels: unknown key", "allowed keys: dataset, init, pretrain"],
     ),
-    ("sweep.resnet", {}, ["sweep.resnet: unknown key", "allowed keys: lenet, cnn, bert, gpt2"]),
+    ("sweep.resnet", {}, ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, lenet, cnn, bert, gpt2"]),
     ("study.seed", "zero", ["study.seed:", "valid integer", "'zero'"]),
     ("study.seed", -1, ["study.seed:", "greater than or equal to 0", "-1"]),
     ("models.cnn.width", 16.5, ["models.cnn.width:", "valid integer", "16.5"]),
@@ -154,3 +157,11 @@ def test_derive_seed_is_stable_and_separates_purposes():
     seeds = {derive_seed(s, "model", a) for s in range(3) for a in ARCH_MODALITY}
     assert len(seeds) == 12
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_paper_scale_params_are_valid_and_larger(params):
+    from pathlib import Path
+
+    paper = load_params(Path(__file__).resolve().parent.parent / "params-paper.yaml")
+    assert paper.models.gpt2.n_embd == 768 and paper.attacks.ig.steps > params.attacks.ig.steps
+    assert all(len(getattr(paper.sweep, a).ratios) > len(getattr(params.sweep, a).ratios) for a in ARCH_MODALITY)

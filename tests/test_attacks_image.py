@@ -1,0 +1,220 @@
+"""The image attacks: valid, reproducible results; analytic labels; no access to hidden values; the prior when blind;
+and real strength on the unprotected LeNet and CNN."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from selenc import data
+from selenc.attacks.base import Matcher, observe_client, public_info
+from selenc.attacks.image import ATTACKS, random_images, recover_labels
+from selenc.metrics import image_scores, psnr
+from selenc.models import Batch
+from selenc.selection import ObservedUpdate, top_k_mask
+from tests.conftest import with_changes
+
+TINY = {"attacks.dlg.steps": 4, "attacks.idlg.steps": 4, "attacks.ig.steps": 4, "attacks.ig.restarts": 2}
+CIFAR = data.target_images("cifar10")
+SENTINEL = 12345.678
+
+
+def batch_of(victim, idx) -> Batch:
+    idx = np.atleast_1d(idx)
+    return victim.image_batch(data.Images(CIFAR.images[idx], CIFAR.labels[idx]))
+
+
+def random_mask(n: int, ratio: float, seed: int = 0) -> torch.Tensor:
+    return top_k_mask(torch.rand(n, generator=torch.Generator().manual_seed(seed)), ratio)
+
+
+def run(name, observed, victim, params, threat_model="mask_aware", seed=3):
+    return ATTACKS[name](observed, victim, getattr(params.attacks, name), threat_model, seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models run fastest on one thread; two threads on a shared 2-core machine can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(raw_params):
+    return with_changes(raw_params, **TINY)
+
+
+def test_registry():
+    assert set(ATTACKS) == {"dlg", "idlg", "ig"}
+
+
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+@pytest.mark.parametrize("threat_model", ["mask_aware", "zero_fill"])
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
+def test_valid_and_reproducible(victims, tiny, arch, threat_model, name):
+    victim = victims[arch]
+    batch = batch_of(victim, [0, 3])
+    n = sum(p.numel() for p in victim.model.parameters())
+    observed = observe_client(victim, batch, tiny.update, random_mask(n, 0.3))
+    first = run(name, observed, victim, tiny, threat_model)
+    again = run(name, observed, victim, tiny, threat_model)
+    other = run(name, observed, victim, tiny, threat_model, seed=4)
+    assert first.images.shape == (2, *victim.input_shape) and first.images.dtype == torch.float32
+    assert first.images.min() >= 0.0 and first.images.max() <= 1.0 and torch.isfinite(first.images).all()
+    assert first.labels.shape == (2,) and first.labels.dtype == torch.long
+    assert ((first.labels >= 0) & (first.labels < victim.num_classes)).all()
+    assert first.losses and all(np.isfinite(first.losses)) and first.seconds > 0 and not first.info["blind"]
+    assert len(first.info["restart_losses"]) == getattr(tiny.attacks, name).restarts
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert first.losses == again.losses
+    assert not torch.equal(first.images, other.images)
+    assert all(p.grad is None for p in victim.model.parameters())  # the attack never touches the model's .grad
+
+
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+def test_idlg_labels_batch_one(victims, params, arch):
+    """iDLG's sign rule recovers every target's label; by elimination even when its own last-layer row is hidden."""
+    victim = victims[arch]
+    layout_names = [name for name, _ in victim.model.named_parameters()]
+    assert layout_names[-2:] == ["fc.weight", "fc.bias"]
+    for i in range(len(CIFAR)):
+        batch = batch_of(victim, i)
+        observed = observe_client(victim, batch, params.update)
+        assert recover_labels(observed, victim, seed=0).tolist() == batch.labels.tolist()
+        y = int(batch.labels[0])
+        mask = torch.zeros(observed.n, dtype=torch.bool)
+        w, b = observed.layout.span("fc.weight"), observed.layout.span("fc.bias")
+        mask[w] = (torch.arange(w.stop - w.start) // observed.layout.shapes[-2][1]) == y  # the label's weight row
+        mask[b.start + y] = True
+        hidden = observe_client(victim, batch, params.update, mask)
+        assert recover_labels(hidden, victim, seed=0).tolist() == [y]
+
+
+@pytest.mark.parametrize("kind", ["fedsgd", "fedavg"])
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+def test_batch_label_heuristic(victims, raw, arch, kind):
+    """Distinct labels (batch 4 and 8) and repeated ones (8, 8, 6, 6) are recovered as multisets."""
+    victim = victims[arch]
+    update = with_changes(raw, **{"update.kind": kind}).update
+    distinct4 = [0, 1, 3, 4]  # labels 3, 8, 0, 6
+    distinct8 = [0, 1, 3, 4, 6, 11, 12, 13]  # 3, 8, 0, 6, 1, 9, 5, 7
+    repeats = [1, 2, 4, 5]  # 8, 8, 6, 6
+    for idx in (distinct4, distinct8, repeats):
+        batch = batch_of(victim, idx)
+        observed = observe_client(victim, batch, update)
+        assert public_info(observed).batch_size == len(idx)
+        got = recover_labels(observed, victim, seed=0)
+        assert sorted(got.tolist()) == sorted(batch.labels.tolist())
+
+
+def test_mask_aware_objective_ignores_hidden_values(victims, params):
+    victim = victims["lenet"]
+    batch = batch_of(victim, 0)
+    update = observe_client(victim, batch, params.update)
+    mask = random_mask(update.n, 0.5)
+    full = update.zero_filled()
+    planted = full.clone()
+    planted[mask] = SENTINEL
+    layout, meta = update.layout, update.metadata
+    a, b = ObservedUpdate.observe(full, mask, layout, meta), ObservedUpdate.observe(planted, mask, layout, meta)
+    dummy = Batch(random_images(public_info(a), 0, "test"), batch.labels)
+    for objective in ("l2", "cosine"):
+        la = getattr(Matcher(a, victim, "mask_aware"), objective)(dummy)
+        lb = getattr(Matcher(b, victim, "mask_aware"), objective)(dummy)
+        zero = getattr(Matcher(a, victim, "zero_fill"), objective)(dummy)
+        assert torch.equal(la, lb)
+        assert not torch.allclose(la, zero)
+
+
+def _tensors(obj):
+    """Every tensor reachable from an ObservedUpdate's fields and metadata."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
+def test_attacks_cannot_reach_hidden_values(victims, tiny, name):
+    victim = victims["cnn"]
+    batch = batch_of(victim, 5)
+    clean = observe_client(victim, batch, tiny.update)
+    mask = random_mask(clean.n, 0.2, seed=1)
+    planted = clean.zero_filled()
+    planted[mask] = SENTINEL
+    observed = {}
+    for key, values in (("zero", clean.zero_filled()), ("sentinel", planted)):
+        observed[key] = ObservedUpdate.observe(values, mask, clean.layout, clean.metadata)
+    assert not any((t == SENTINEL).any() for t in _tensors(observed["sentinel"]) if t.is_floating_point())
+    for threat_model in ("mask_aware", "zero_fill"):
+        a = run(name, observed["zero"], victim, tiny, threat_model)
+        b = run(name, observed["sentinel"], victim, tiny, threat_model)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.losses == b.losses
+
+
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+def test_all_encrypted_returns_the_prior(victims, params, arch, name):
+    """At ratio 1 the mask-aware attacker sees nothing: it returns its seeded init, no better than that init."""
+    victim = victims[arch]
+    batch = batch_of(victim, [7, 9])
+    observed = observe_client(victim, batch, params.update, torch.ones(victim.num_parameters(), dtype=torch.bool))
+    assert Matcher(observed, victim, "mask_aware").blind
+    result = run(name, observed, victim, params, seed=11)
+    prior = random_images(public_info(observed), 11, name, 0)
+    assert result.info["blind"] and result.losses == []
+    assert torch.equal(result.images, prior)
+    assert psnr(result.images, batch.inputs) == psnr(prior, batch.inputs) < 12.0
+    again = run(name, observed, victim, params, seed=11)
+    assert torch.equal(again.labels, result.labels)
+
+
+def test_no_signal_returns_the_prior(victims, params, tiny):
+    """Zero-fill at ratio 1 compares against all zeros: IG's cosine is undefined, so IG returns its prior, while
+    DLG still chases the zero gradient (what makes zero-fill overstate protection)."""
+    victim = victims["cnn"]
+    batch = batch_of(victim, 1)
+    observed = observe_client(victim, batch, params.update, torch.ones(victim.num_parameters(), dtype=torch.bool))
+    ig = run("ig", observed, victim, params, "zero_fill", seed=2)
+    assert ig.info["blind"] and torch.equal(ig.images, random_images(public_info(observed), 2, "ig", 0))
+    dlg = run("dlg", observed, victim, tiny, "zero_fill", seed=2)
+    assert not dlg.info["blind"] and dlg.losses
+
+
+def test_dlg_runs_on_tiny_visible_values(victims, raw_params):
+    """A magnitude mask leaves only the smallest values visible; DLG must still run its iterations, not stop at once
+    on L-BFGS's absolute tolerances."""
+    victim = victims["lenet"]
+    params = with_changes(raw_params, **{"attacks.dlg.steps": 40})
+    batch = batch_of(victim, 0)
+    update = observe_client(victim, batch, params.update).zero_filled()
+    observed = observe_client(victim, batch, params.update, top_k_mask(update.abs(), 0.9))
+    result = run("dlg", observed, victim, params)
+    assert len(result.losses) >= 40 and result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_dlg_breaks_unprotected_lenet(victims, params):
+    """Real strength at the default budget: DLG reconstructs a CIFAR-10 image and its label from LeNet's gradient."""
+    victim = victims["lenet"]
+    batch = batch_of(victim, 0)
+    result = run("dlg", observe_client(victim, batch, params.update), victim, params, seed=0)
+    scores = image_scores(result.images, batch.inputs, result.labels, batch.labels)
+    assert scores["psnr"] > 30.0 and scores["label_acc"] == 1.0
+
+
+def test_ig_breaks_unprotected_cnn(victims, params):
+    victim = victims["cnn"]
+    batch = batch_of(victim, 2)
+    result = run("ig", observe_client(victim, batch, params.update), victim, params, seed=0)
+    scores = image_scores(result.images, batch.inputs, result.labels, batch.labels)
+    assert scores["psnr"] > 20.0 and scores["label_acc"] == 1.0

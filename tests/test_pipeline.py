@@ -1,0 +1,126 @@
+"""End to end: `dvc repro` of the whole pipeline on a tiny params set, in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from selenc.sweep import COLUMNS
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def tiny_params(raw: dict) -> dict:
+    def grid(metrics, attacks, ratios):
+        return {
+            "metrics": metrics,
+            "ratios": ratios,
+            "attacks": attacks,
+            "threat_models": ["mask_aware", "zero_fill"],
+            "mask_sources": ["own"],
+            "trials": 1,
+        }
+
+    raw["sweep"].update(
+        {
+            "workers": 2,
+            "time_limit_s": 300,
+            "lenet": grid(["random", "magnitude"], ["dlg"], [0.0, 0.5, 1.0]),
+            "cnn": grid(["magnitude"], ["ig"], [0.0, 0.5]),
+            "bert": grid(["magnitude"], ["token_leakage", "tag"], [0.0, 0.01]),
+            "gpt2": grid(["embedding_rows"], ["token_leakage", "lamp"], [0.0, 0.01]),
+        }
+    )
+    raw["significance"]["samples"] = 1
+    for attack in ("dlg", "idlg", "ig", "tag", "lamp"):
+        raw["attacks"][attack].update(steps=3, restarts=1)
+    return raw
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("SELENC_DATA_DIR", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in [*files, "data"]:
+        src, dst = REPO / rel, copy / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(raw), sort_keys=False))
+    assert run(["git", "init", "-q"], copy).returncode == 0
+    built = run([sys.executable, "-m", "selenc.data", "build"], copy)
+    assert built.returncode == 0, built.stderr
+    repro = run([sys.executable, "-m", "dvc", "repro"], copy)
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    return copy
+
+
+def test_repro_writes_every_report_table_and_metric(pipeline):
+    reports = pipeline / "reports"
+    for arch in ("lenet", "cnn", "bert", "gpt2"):
+        table = pd.read_csv(reports / "results" / f"{arch}.csv")
+        assert list(table.columns) == list(COLUMNS) and (table.status == "ok").all(), table.error.tolist()
+        metrics = json.loads((reports / "metrics" / f"sweep_{arch}.json").read_text())
+        assert metrics["trials"] == len(table) and metrics["not_ok"] == 0
+        assert {"psnr", "rouge1"} & set(metrics)
+        for ext in ("ipynb", "html"):
+            assert (reports / f"02_architecture_sweep_{arch}.{ext}").stat().st_size > 10_000
+    attacks = json.loads((reports / "metrics" / "attacks.json").read_text())
+    assert set(attacks) == {"lenet", "cnn", "bert", "gpt2"}
+    assert {"zero_fill_gap", "zero_fill_overstated_cells", "shared_mask_gap", "label_acc_unprotected"} <= set(
+        attacks["bert"]
+    )
+    records = json.loads((reports / "guidelines.json").read_text())
+    assert records and set(records[0]) == {
+        "arch",
+        "attack",
+        "privacy_level",
+        "metric",
+        "min_ratio",
+        "he_encrypt_s",
+        "he_bytes",
+        "recommended",
+    }
+    assert (reports / "guidelines.md").read_text().startswith("# Selective encryption guidelines")
+    assert (reports / "figures" / "guidelines.png").stat().st_size > 1000
+    executed = json.loads((reports / "04_guidelines.ipynb").read_text())
+    assert all(c.get("outputs") is not None for c in executed["cells"] if c["cell_type"] == "code")
+
+
+def test_second_repro_has_nothing_to_do(pipeline):
+    again = run([sys.executable, "-m", "dvc", "repro"], pipeline)
+    assert again.returncode == 0 and "Running stage" not in again.stdout
+
+
+def test_a_failing_cell_fails_the_stage_and_leaves_no_report(pipeline):
+    path = pipeline / "notebooks" / "04_guidelines.ipynb"
+    book = json.loads(path.read_text())
+    book["cells"].append(
+        {
+            "cell_type": "code",
+            "id": "boom",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "raise RuntimeError('a failing cell')",
+        }
+    )
+    path.write_text(json.dumps(book))
+    failed = run([sys.executable, "-m", "dvc", "repro", "guidelines"], pipeline)
+    assert failed.returncode != 0
+    assert "a failing cell" in failed.stderr + failed.stdout
+    assert not (pipeline / "reports" / "04_guidelines.ipynb").exists()
+    assert not (pipeline / "reports" / "04_guidelines.html").exists()
