@@ -31,6 +31,15 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads run these small ops up to 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(raw_params):
     return with_changes(raw_params, **TINY)
@@ -147,9 +156,25 @@ def test_objective_equals_the_matchers_distance(victims, params, arch):
     for tm in ("mask_aware", "zero_fill"):
         matcher, objective = Matcher(observed, victim, tm), Objective(observed, victim, tm)
         pieces = objective.update(dummy, create_graph=False)
-        want, got = float(matcher.l2_l1(dummy, 0.01)), float(objective.l2_l1(pieces, 0.01))
+        want, got = float(matcher.l2_l1(dummy, 0.01).detach()), float(objective.l2_l1(pieces, 0.01))
         assert got == pytest.approx(want, rel=1e-4)
-        assert float(objective.cosine(pieces)) == pytest.approx(float(matcher.cosine(dummy)), abs=1e-3)
+        assert float(objective.cosine(pieces)) == pytest.approx(float(matcher.cosine(dummy).detach()), abs=1e-3)
+
+
+def test_fedavg_updates_go_through_the_matcher(victims, raw_params):
+    victim = victims["gpt2"]
+    params = with_changes(raw_params, **TINY, **{"update.kind": "fedavg", "update.local_steps": 2})
+    batch = victim.text_batch(sentences(1, 7))
+    observed = observe_client(victim, batch, params.update)
+    x = victim.model.get_input_embeddings().weight.detach()[batch.inputs]
+    dummy = Batch(x + 0.01, batch.labels, batch.attention_mask)
+    matcher, objective = Matcher(observed, victim, "mask_aware"), Objective(observed, victim, "mask_aware")
+    assert objective.generic
+    got = float(objective.l2_l1(objective.update(dummy, create_graph=False), 0.5))
+    assert got == pytest.approx(float(matcher.l2_l1(dummy, 0.5).detach()), rel=1e-5)
+    assert label_candidates(observed, victim, "mask_aware")[1] == "probe"
+    result = run("tag", observed, victim, params)
+    assert len(result.token_ids[0]) == batch.inputs.shape[1] and len(result.losses) >= 3
 
 
 # --- TAG and LAMP -----------------------------------------------------------------------------------------------------

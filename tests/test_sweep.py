@@ -80,7 +80,7 @@ def test_killed_sweep_resumes_without_recomputing(raw, tmp_path):
 
 
 def test_timeouts_and_errors_become_rows(raw, tmp_path):
-    slow = with_changes(raw, **(TINY | {"sweep.time_limit_s": 0.001}))
+    slow = with_changes(raw, **(TINY | {"sweep.time_limit_s": 0.5, "attacks.dlg.steps": 100_000}))
     table = run_sweep(slow, "lenet", cache_dir=tmp_path / "t", progress=False)
     assert (table.status == "timeout").all() and table.error.str.contains("time limit").all()
 
