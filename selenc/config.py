@@ -239,10 +239,33 @@ class SweepArch(Section):
 class Sweep(Section):
     workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
     time_limit_s: PosFloat
+    bound_grid: PosInt  # t-grid points of L_S for the (B1) columns of every trial
+    bound_iters: PosInt  # power iterations per grid point
     lenet: SweepArch
     cnn: SweepArch
     bert: SweepArch
     gpt2: SweepArch
+
+
+class TheoryCase(Section):
+    """One self-contained attack experiment of the theory stage (a small sweep with mask-aware, own masks)."""
+
+    arch: Literal[tuple(ARCH_MODALITY)]
+    attack: Attack
+    steps: PosInt  # replaces the attack's `steps` from the attacks section
+    metrics: unique_list(Metric)
+    ratios: unique_list(Ratio)
+    trials: PosInt
+    effective_rank: bool  # T5 on this case (needs the full input Jacobian spectrum: small models only)
+
+
+class Theory(Section):
+    grid: Annotated[int, Field(ge=2)]
+    power_iters: PosInt
+    tolerance: Annotated[float, Field(ge=0.0)]
+    svd_rank: PosInt
+    samples: PosInt
+    cases: Annotated[list[TheoryCase], Field(min_length=1)]
 
 
 class PrivacyLevel(Section):
@@ -270,6 +293,7 @@ class Params(Section):
     attacks: Attacks
     sweep: Sweep
     guidelines: Guidelines
+    theory: Theory
 
 
 # --- loading -----------------------------------------------------------------------------------------------------
@@ -295,20 +319,27 @@ def _check_modalities(p: Params, source: str) -> None:
         if DATASET_MODALITY[dataset] != modality:  # guarded by the Literal types too; kept for new datasets
             raise ConfigError(f"{source}: models.{arch}.dataset: {dataset!r} is not {_a(modality)} dataset")
         grid: SweepArch = getattr(p.sweep, arch)
-        allowed = [a for a, m in ATTACK_MODALITY.items() if m == modality]
-        for attack in grid.attacks:
-            if ATTACK_MODALITY[attack] != modality:
+        _check_grid(f"{source}: sweep.{arch}", arch, grid.attacks, grid.metrics)
+    for i, case in enumerate(p.theory.cases):
+        _check_grid(f"{source}: theory.cases.{i}", case.arch, [case.attack], case.metrics)
+
+
+def _check_grid(where: str, arch: str, attacks: list[str], metrics: list[str]) -> None:
+    modality = ARCH_MODALITY[arch]
+    allowed = [a for a, m in ATTACK_MODALITY.items() if m == modality]
+    for attack in attacks:
+        if ATTACK_MODALITY[attack] != modality:
+            raise ConfigError(
+                f"{where}.attacks: {attack!r} is {_a(ATTACK_MODALITY[attack])} attack and "
+                f"{arch} is {_a(modality)} model; allowed: {', '.join(allowed)}"
+            )
+    if modality == "image":
+        for metric in metrics:
+            if metric in TEXT_ONLY_METRICS:
                 raise ConfigError(
-                    f"{source}: sweep.{arch}.attacks: {attack!r} is {_a(ATTACK_MODALITY[attack])} attack and "
-                    f"{arch} is {_a(modality)} model; allowed: {', '.join(allowed)}"
+                    f"{where}.metrics: {metric!r} needs a token embedding and {arch} is an "
+                    f"image model; allowed: {', '.join(m for m in METRICS if m not in TEXT_ONLY_METRICS)}"
                 )
-        if modality == "image":
-            for metric in grid.metrics:
-                if metric in TEXT_ONLY_METRICS:
-                    raise ConfigError(
-                        f"{source}: sweep.{arch}.metrics: {metric!r} needs a token embedding and {arch} is an "
-                        f"image model; allowed: {', '.join(m for m in METRICS if m not in TEXT_ONLY_METRICS)}"
-                    )
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

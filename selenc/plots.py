@@ -126,3 +126,78 @@ def heatmap(frame: pd.DataFrame, value: str, title: str, fmt: str = ".2f", cmap:
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# --- the theory check (theory.md T1-T5) -----------------------------------------------------------------------------
+def identity_errors(identity: pd.DataFrame) -> plt.Figure:
+    """T1: relative error of D = D_V + D_S per candidate, by case (log scale; float64 round-off is ~1e-16)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    data = identity.assign(rel_err=identity.rel_err.clip(lower=1e-18))
+    sns.stripplot(data=data, x="case", y="rel_err", hue="metric", ax=ax, size=3, jitter=0.3, log_scale=True)
+    ax.axhline(1e-5, color="red", ls="--", lw=1, label="tolerance 1e-5")
+    ax.set(ylabel="|D − (D_V + D_S)| / D", title="T1: the Euclidean identity on random candidates (float64)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def bound_vs_error(trials: pd.DataFrame, tolerance: float) -> plt.Figure:
+    """T2: every attack output's (B1) lower bound against its actual error ‖x̂ − x‖; violations in red."""
+    rows = trials[(trials.status == "ok") & (trials.k > 0) & trials.b1_error.notna()]
+    violated = rows.b1_bound > rows.b1_error * (1 + tolerance) + 1e-12
+    fig, axes = plt.subplots(
+        1, rows.case.nunique() or 1, figsize=(4.5 * max(rows.case.nunique(), 1), 3.6), squeeze=False
+    )
+    for ax, (case, group) in zip(axes[0], rows.groupby("case"), strict=False):
+        bad = violated.loc[group.index]
+        sc = ax.scatter(group.b1_error, group.b1_bound, c=group.ratio, cmap="viridis", s=18)
+        ax.scatter(
+            group.b1_error[bad], group.b1_bound[bad], facecolors="none", edgecolors="red", s=60, label="violation"
+        )
+        top = float(max(group.b1_error.max(), group.b1_bound.max()))
+        ax.plot([0, top], [0, top], "k--", lw=1, label="bound = error")
+        ax.set(xlabel="actual error ‖x̂ − x‖", ylabel="(B1) bound", title=f"{case}: {int(bad.sum())} violations")
+        fig.colorbar(sc, ax=ax, label="ρ")
+        ax.legend(fontsize=7)
+    fig.suptitle("T2: the reconstruction-error bound holds below the diagonal")
+    fig.tight_layout()
+    return fig
+
+
+def field_scatter(fields: pd.DataFrame) -> plt.Figure:
+    """T3: far-field s vs |g|² and near-field s vs ‖J_i‖² on a random subset of coordinates (log-log)."""
+    cases = list(fields.case.unique())
+    fig, axes = plt.subplots(len(cases), 2, figsize=(8, 3.4 * len(cases)), squeeze=False)
+    for i, case in enumerate(cases):
+        f = fields[fields.case == case]
+        for ax, (x, y, xl, title) in zip(
+            axes[i],
+            [("g2", "s_far", "|g_i|²", "far field"), ("j2", "s_near", "‖J_i‖²", "near field")],
+            strict=True,
+        ):
+            keep = (f[x] > 0) & (f[y] > 0)
+            ax.scatter(f[x][keep], f[y][keep], s=3, alpha=0.4)
+            ax.set(xscale="log", yscale="log", xlabel=xl, ylabel=f"s_i ({title})", title=f"{case}: {title}")
+    fig.tight_layout()
+    return fig
+
+
+def phi_vs_success(cells: dict[str, pd.DataFrame], label: str = "attack success") -> plt.Figure:
+    """T4: per (metric, ratio) cell, the protected distance share φ(S) against the attack's mean success."""
+    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.4), squeeze=False)
+    for ax, (name, frame) in zip(axes[0], cells.items(), strict=True):
+        sns.scatterplot(data=frame, x="phi", y="success", hue="metric", style="attack", ax=ax, s=40)
+        ax.set(xlabel="φ(S)", ylabel=label if len(cells) == 1 else "mean success", title=name)
+        ax.legend(fontsize=6)
+    fig.suptitle("T4: does the protected distance share predict protection? (expected: falling)")
+    fig.tight_layout()
+    return fig
+
+
+def effective_rank_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
+    """T5: effective rank of the visible Jacobian J_V vs encryption ratio, one line per metric."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    sns.lineplot(data=ranks, x="ratio", y="effective_rank", hue="metric", marker="o", ax=ax)
+    ax.set(xlabel="encryption ratio ρ", ylabel="effective rank of J_V", title="T5: what the visible gradient pins down")
+    fig.tight_layout()
+    return fig

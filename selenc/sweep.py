@@ -52,6 +52,7 @@ TRIAL_MODULES = (
     "attacks/image.py",
     "attacks/text.py",
     "sweep.py",
+    "theory.py",
 )
 IMAGE_COLUMNS = ("psnr", "ssim", "mse", "label_acc")
 TEXT_COLUMNS = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match", "label_acc")
@@ -77,6 +78,12 @@ COLUMNS = (
     "token_f1",
     "exact_match",
     "phi",
+    "b1_mismatch",
+    "b1_lipschitz",
+    "b1_bound",
+    "b1_error",
+    "b1_tightness",
+    "b1_violated",
     "k",
     "n",
     "he_ciphertexts",
@@ -128,6 +135,10 @@ def _source_fingerprint() -> str:
 def trial_config(trial: Trial, params: Params) -> dict:
     """Everything a trial's result depends on (the cache key is its hash)."""
     cfg = asdict(trial) | {"metric": trial.effective_metric}
+    if trial.ratio in (0.0, 1.0):  # the mask is empty or full whichever clients agreed on it
+        cfg["mask_source"] = "any"
+    if trial.ratio == 0.0:  # nothing hidden: the zero-fill and the mask-aware attacker see the same update
+        cfg["threat_model"] = "any"
     attack_cfg = getattr(params.attacks, trial.attack, None)
     return {
         "trial": cfg,
@@ -136,6 +147,7 @@ def trial_config(trial: Trial, params: Params) -> dict:
         "update": params.update.model_dump(),
         "significance": params.significance.model_dump(),
         "attack": attack_cfg.model_dump() if attack_cfg is not None else None,
+        "bound": {"grid": params.sweep.bound_grid, "iters": params.sweep.bound_iters},
         "source": _source_fingerprint(),
     }
 
@@ -159,13 +171,14 @@ def pool_size(victim, dataset: str) -> int:
 
 
 def run_trial(trial: Trial, params: Params, victim) -> dict:
-    """Sample -> update -> scores -> mask -> observed update -> attack -> metrics and φ(S): one results row."""
+    """Sample -> update -> scores -> mask -> observed update -> attack -> metrics, φ(S) and (B1): one results row."""
     from selenc.attacks import ATTACKS
     from selenc.attacks.base import PublicInfo
     from selenc.gradients import FlatLayout, client_update
     from selenc.metrics import image_scores, text_scores
     from selenc.selection import ObservedUpdate, make_mask
-    from selenc.significance import ClientView, client_scores, distance_significance
+    from selenc.significance import ClientView, client_scores
+    from selenc.theory import bound, phi, significance, text_point
 
     start = time.perf_counter()
     cfg = getattr(params.models, trial.arch)
@@ -183,8 +196,7 @@ def run_trial(trial: Trial, params: Params, victim) -> dict:
         per_client = client_scores(metric, victim, batches, params.update, params.significance, seed)
         mask = make_mask(per_client, trial.ratio, trial.mask_source)
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
-    s = distance_significance(ClientView(victim, batch, update, params.update, params.significance, seed))
-    phi = float(s[mask].sum() / s.sum()) if s.sum() > 0 else float("nan")
+    s = significance(ClientView(victim, batch, update, params.update, params.significance, seed))
     info = PublicInfo(trial.arch, len(batch), victim.num_classes, victim.input_shape, params.update)
     observed = ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), info.as_metadata())
     del update  # from here on the attack has only the server's view
@@ -193,7 +205,7 @@ def run_trial(trial: Trial, params: Params, victim) -> dict:
     row = {
         "status": "ok",
         "error": "",
-        "phi": phi,
+        "phi": phi(s, mask),
         "k": int(mask.sum()),
         "n": int(mask.numel()),
         "attack_s": result.seconds,
@@ -218,6 +230,11 @@ def run_trial(trial: Trial, params: Params, victim) -> dict:
         row |= {k: v for k, v in scores.items() if k in TEXT_COLUMNS}
         row["label_acc"] = float((result.labels.cpu().sort().values == batch.labels.cpu().sort().values).float().mean())
         row["reconstruction"] = " || ".join(result.texts)
+    # (B1) at the attack's output, on the client's side (true labels; text: only when the recovered length matches)
+    x_hat = result.images if victim.modality == "image" else text_point(victim, batch, result.token_ids)
+    if x_hat is not None:
+        b1 = bound(victim, batch, params.update, x_hat, mask, params.sweep.bound_grid, params.sweep.bound_iters, seed)
+        row |= b1.as_row()
     row["trial_s"] = time.perf_counter() - start
     return row
 

@@ -51,7 +51,7 @@ BAD = [
         1,
         [
             "params: extra: unknown key 'extra'",
-            "allowed keys: study, models, update, significance, he, attacks, sweep, guidelines",
+            "allowed keys: study, models, update, significance, he, attacks, sweep, guidelines, theory",
         ],
     ),
     (
@@ -59,7 +59,7 @@ BAD = [
         12,
         ["models.lenet.chanels: unknown key", "allowed keys: dataset, init, pretrain"],
     ),
-    ("sweep.resnet", {}, ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, lenet, cnn, bert, gpt2"]),
+    ("sweep.resnet", {}, ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, bound_grid, bound_iters, lenet, cnn, bert, gpt2"]),
     ("study.seed", "zero", ["study.seed:", "valid integer", "'zero'"]),
     ("study.seed", -1, ["study.seed:", "greater than or equal to 0", "-1"]),
     ("models.cnn.width", 16.5, ["models.cnn.width:", "valid integer", "16.5"]),

@@ -38,9 +38,13 @@ def tiny_params(raw: dict) -> dict:
             "gpt2": grid(["embedding_rows"], ["token_leakage", "lamp"], [0.0, 0.01]),
         }
     )
+    raw["sweep"].update(bound_grid=2, bound_iters=1)
     raw["significance"]["samples"] = 1
     for attack in ("dlg", "idlg", "ig", "tag", "lamp"):
         raw["attacks"][attack].update(steps=3, restarts=1)
+    raw["theory"].update(grid=2, power_iters=1, svd_rank=16, samples=2)
+    for case in raw["theory"]["cases"]:
+        case.update(steps=2, trials=1, metrics=case["metrics"][:2], ratios=[0.0, 0.5])
     return raw
 
 
@@ -78,8 +82,13 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
         assert {"psnr", "rouge1"} & set(metrics)
         for ext in ("ipynb", "html"):
             assert (reports / f"02_architecture_sweep_{arch}.{ext}").stat().st_size > 10_000
+    theory = json.loads((reports / "metrics" / "theory.json").read_text())
+    keys = ["t1_max_rel_err", "t2_checked", "t2_violations", "t2_tightness_median", "t3_far_spearman"]
+    assert set(keys + ["t3_near_spearman", "t4_spearman"]) <= set(theory)
+    assert theory["t1_max_rel_err"] <= 1e-5 and theory["t2_checked"] > 0
+    assert (reports / "01_theory_check.html").stat().st_size > 10_000
     attacks = json.loads((reports / "metrics" / "attacks.json").read_text())
-    assert set(attacks) == {"lenet", "cnn", "bert", "gpt2"}
+    assert {"lenet", "cnn", "bert", "gpt2"} <= set(attacks) and "t4_spearman" in attacks
     assert {"zero_fill_gap", "zero_fill_overstated_cells", "shared_mask_gap", "label_acc_unprotected"} <= set(
         attacks["bert"]
     )

@@ -46,6 +46,9 @@ def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     half = table[table.ratio == 0.5]
     assert (half.k == -(-half.n // 2)).all() and (table[table.ratio == 0].phi == 0).all()
     assert (table[table.ratio == 0].he_ciphertexts == 0).all()
+    assert (half.b1_mismatch > 0).all() and (half.b1_lipschitz > 0).all()  # (B1) recorded for every trial
+    assert (half.b1_bound <= half.b1_error).all() and not half.b1_violated.astype(bool).any()
+    assert (table[table.ratio == 0].b1_bound == 0).all()
     assert (half.he_ciphertexts == -(-half.k // 4096)).all() and (half.he_bytes > 4 * half.n).all()
     files = sorted((tmp_path / "a" / "lenet").glob("*.json"))
     stamps = [f.stat().st_mtime_ns for f in files]

@@ -1,0 +1,506 @@
+"""The distance-based significance framework of theory.md, as numbers that can be checked.
+
+- `significance`: s_i(Q) for Q ∈ {far, near, path}; the one implementation is `significance.distance_significance`
+  (the `distance` metric), re-exported here so the metric and the theory cannot drift apart.
+- `phi`: φ(S) = Σ_{i∈S} s_i / Σ_i s_i, the protected share of the distance.
+- `identity_error`: D(x') = D_V(x') + D_S(x'), with D_V computed by the attacker's own mask-aware matcher (T1).
+- `spectral_norm` / `lipschitz`: ‖J_S(x_t)‖₂ by power iteration on J_Sᵀ J_S with one JVP and one VJP per
+  iteration (J = ∂g/∂x is never materialised), and L_S = its maximum over a t-grid on the segment x → x̂.
+- `bound`: (B1) ‖x̂ − x‖ ≥ ‖g_S(x̂) − g_S(x)‖ / L_S for one attack output, with its tightness bound / error (T2).
+- `effective_rank`: exp(entropy) of the normalised singular values of J_V from a randomized SVD (T5).
+- `row_norms`: ‖J_i‖² for every coordinate, exact (forward-mode Jacobian, small models) or by m JVPs (T3).
+
+Inputs live in `gradients.continuous_input`'s space: pixels for images, an offset in token-embedding space around
+the batch's tokens for text. Power iteration returns a lower estimate of ‖J_S‖₂ and the grid samples the sup, so
+L_S can only come out too small; that makes the bound larger, so a violation means the grid or the iteration count
+is too coarse (theory.md: reported, never hidden).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from selenc.config import Params, SweepArch, TheoryCase, Update, derive_seed
+from selenc.gradients import at_input, continuous_input, functional_update
+from selenc.models import Batch, Victim
+from selenc.selection import ObservedUpdate
+from selenc.significance import ClientView, distance_significance
+
+CHUNK = 64  # directions per vmapped JVP/VJP call: bounds the memory of the batched Jacobian products
+UpdateFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def significance(view: ClientView, q: str | None = None) -> torch.Tensor:
+    """s_i(Q) = E_{x'~Q}[(g_i(x') − g_i(x))²] by Monte Carlo with `view.cfg.samples` draws (Q: far | near | path)."""
+    return distance_significance(view, q)
+
+
+def phi(s: torch.Tensor, mask: torch.Tensor) -> float:
+    """φ(S): the share of the total distance-based significance that the encrypted coordinates S carry."""
+    if s.shape != mask.shape:
+        raise ValueError(f"phi: scores have shape {tuple(s.shape)} but the mask {tuple(mask.shape)}")
+    total = float(s.double().sum())
+    return float(s.double()[mask.to(s.device)].sum()) / total if total > 0 else float("nan")
+
+
+def float64(victim: Victim, batch: Batch) -> tuple[Victim, Batch]:
+    """A float64 copy of the victim and its batch (the precision T1 is checked in); the originals are untouched."""
+    model = copy.deepcopy(victim.model).double()
+    twin = Victim(victim.arch, model, victim.device, victim.num_classes, victim.input_shape, victim.tokenizer)
+    inputs = batch.inputs.double() if batch.inputs.is_floating_point() else batch.inputs
+    offset = None if batch.input_offset is None else batch.input_offset.double()
+    return twin, Batch(inputs, batch.labels, batch.attention_mask, offset)
+
+
+# --- T1: the Euclidean identity --------------------------------------------------------------------------------
+def identity_error(
+    victim: Victim, batch: Batch, cfg: Update, observed: ObservedUpdate, update: torch.Tensor, candidate: torch.Tensor
+) -> dict:
+    """D, D_V and D_S at candidate x' and the relative error |D − (D_V + D_S)| / D.
+
+    D_V is what the mask-aware attacker measures (its `Matcher`, built from the observed update alone); D and D_S
+    use the client's full update. The identity is exact algebra, so the check tests that the attacker's visible
+    distance really is the restriction of the full one: no coordinate lost, duplicated or misplaced.
+    """
+    from selenc.attacks.base import Matcher  # attacks import theory-free modules only; avoid a cycle at import
+
+    moved = at_input(victim, batch, candidate)
+    f = functional_update(victim, batch, cfg)
+    g_c = f(candidate).detach()
+    hidden = observed.mask.to(g_c.device)
+    d = float((g_c - update).square().sum())
+    d_s = float((g_c - update)[hidden].square().sum())
+    d_v = float(Matcher(observed, victim, "mask_aware").l2(moved).detach()) if observed.visible.numel() else 0.0
+    return {"D": d, "D_V": d_v, "D_S": d_s, "rel_err": abs(d - (d_v + d_s)) / d if d > 0 else 0.0}
+
+
+# --- L_S and (B1) ------------------------------------------------------------------------------------------------
+def spectral_norm(
+    f: UpdateFn,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    iters: int,
+    gen: torch.Generator,
+    start: torch.Tensor | None = None,
+) -> tuple[float, torch.Tensor]:
+    """‖J_S(x)‖₂ for J = ∂f/∂x restricted to the rows `rows` (bool, length n), by power iteration on J_Sᵀ J_S.
+
+    Each iteration is one JVP (J u) and one VJP (Jᵀ v); the estimate sqrt(‖J_Sᵀ J_S u‖) with ‖u‖ = 1 never exceeds
+    the true norm and converges to it. Returns the estimate and the last direction (to warm-start a nearby point).
+    """
+    x = x.detach()
+    u = start if start is not None else torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+    u = u / u.norm()
+    if not bool(rows.any()):
+        return 0.0, u
+    g, vjp_fn = torch.func.vjp(f, x)
+    rows = rows.to(g.device)
+    sigma = 0.0
+    for _ in range(iters):
+        ju = torch.func.jvp(f, (x,), (u,))[1].detach()
+        v = vjp_fn(torch.where(rows, ju, torch.zeros_like(ju)))[0].detach()
+        norm = float(v.norm())
+        if norm == 0.0:
+            return 0.0, u
+        sigma = math.sqrt(norm)  # ‖u‖ = 1, so ‖J_Sᵀ J_S u‖ ≤ σ_max², with equality at the top singular vector
+        u = v / norm
+    return sigma, u
+
+
+def lipschitz(
+    f: UpdateFn, x: torch.Tensor, x_hat: torch.Tensor, rows: torch.Tensor, grid: int, iters: int, seed: int
+) -> float:
+    """L_S = max over t ∈ linspace(0, 1, grid) of ‖J_S(x + t(x̂ − x))‖₂; each point's power iteration starts from
+    the previous point's direction, so a few iterations per point suffice along a smooth path."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    best, u = 0.0, None
+    for t in torch.linspace(0.0, 1.0, grid, dtype=torch.float64).tolist():
+        sigma, u = spectral_norm(f, x + t * (x_hat - x), rows, iters, gen, u)
+        best = max(best, sigma)
+    return best
+
+
+@dataclass(frozen=True)
+class Bound:
+    """(B1) for one attack output: error ‖x̂ − x‖ ≥ bound = mismatch / L_S (both 0 when nothing is hidden)."""
+
+    mismatch: float  # ‖g_S(x̂) − g_S(x)‖, the hidden distance encryption removed
+    lipschitz: float  # L_S
+    bound: float
+    error: float  # ‖x̂ − x‖
+    tightness: float  # bound / error in [0, 1] when (B1) holds; nan when error is 0
+    violated: bool
+
+    def as_row(self, prefix: str = "b1_") -> dict:
+        return {prefix + k: v for k, v in asdict(self).items()}
+
+
+def bound(
+    victim: Victim,
+    batch: Batch,
+    cfg: Update,
+    x_hat: torch.Tensor,
+    mask: torch.Tensor,
+    grid: int,
+    iters: int,
+    seed: int,
+    tolerance: float = 1e-3,
+) -> Bound:
+    """(B1) at attack output x̂ (same space and shape as `continuous_input(victim, batch)`), encrypted set `mask`.
+
+    The labels stay the batch's true ones: (B1) is a statement about the input alone."""
+    x = continuous_input(victim, batch)
+    if x_hat.shape != x.shape:
+        raise ValueError(f"bound: x̂ has shape {tuple(x_hat.shape)}, the input space {tuple(x.shape)}")
+    f = functional_update(victim, batch, cfg)
+    return bound_of(f, x, x_hat.to(device=x.device, dtype=x.dtype), mask, grid, iters, seed, tolerance)
+
+
+def bound_of(
+    f: UpdateFn,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    mask: torch.Tensor,
+    grid: int,
+    iters: int,
+    seed: int,
+    tolerance: float = 1e-3,
+) -> Bound:
+    """(B1) for any differentiable map f: input -> update. A point violates it when bound > error · (1 + tolerance);
+    the tolerance absorbs round-off only."""
+    x, x_hat = x.detach(), x_hat.detach()
+    rows = mask.to(x.device)
+    with torch.no_grad():
+        mismatch = float((f(x_hat) - f(x))[rows].norm()) if bool(rows.any()) else 0.0
+    error = float((x_hat - x).norm())
+    lip = lipschitz(f, x, x_hat, rows, grid, iters, seed) if mismatch > 0 else 0.0
+    b = mismatch / lip if lip > 0 else (0.0 if mismatch == 0 else math.inf)
+    return Bound(
+        mismatch=mismatch,
+        lipschitz=lip,
+        bound=b,
+        error=error,
+        tightness=b / error if error > 0 else float("nan"),
+        violated=b > error * (1 + tolerance) + 1e-12,
+    )
+
+
+def text_point(victim: Victim, batch: Batch, token_ids: list[list[int]]) -> torch.Tensor | None:
+    """A text attack's output as a point of the continuous input space: the embedding offset that turns the batch's
+    tokens into the recovered ones. None when a recovered sequence's length differs from the true one (the two
+    inputs then live in different spaces and (B1) does not apply)."""
+    from selenc.attacks.text import frame
+
+    table = victim.model.get_input_embeddings().weight.detach()
+    head, tail = frame(victim.tokenizer)
+    rows = []
+    for seq, am, ids in zip(batch.inputs, batch.attention_mask, token_ids, strict=True):
+        length = int(am.sum())
+        full = head + list(ids) + tail
+        if len(full) != length:
+            return None
+        padded = full + seq.tolist()[length:]  # padding positions are untouched
+        rows.append(torch.tensor(padded, device=seq.device))
+    return table[torch.stack(rows)] - table[batch.inputs]
+
+
+# --- T3: Jacobian row norms --------------------------------------------------------------------------------------
+def row_norms(victim: Victim, batch: Batch, cfg: Update, exact: bool = True, samples: int = 64, seed: int = 0):
+    """‖J_i‖² = ‖∂g_i/∂x‖² for every coordinate i: exact from the forward-mode Jacobian (chunked; small models), or
+    the mean of (J u)_i² over `samples` Gaussian directions (the `sensitivity` estimator)."""
+    x = continuous_input(victim, batch)
+    f = functional_update(victim, batch, cfg)
+    d = x.numel()
+    total = None
+    if exact:
+        basis = torch.eye(d, dtype=x.dtype, device=x.device)
+        for chunk in basis.split(CHUNK):
+            cols = torch.func.vmap(lambda u: torch.func.jvp(f, (x,), (u.view_as(x),))[1])(chunk)
+            part = cols.square().sum(0)
+            total = part if total is None else total + part
+        return total.detach()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    for _ in range(samples):
+        u = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+        part = torch.func.jvp(f, (x,), (u,))[1].square()
+        total = part if total is None else total + part
+    return (total / samples).detach()
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length sequences (nan when either is constant)."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman: lengths differ ({a.size} vs {b.size})")
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a[ok], b[ok]).statistic)
+
+
+# --- T5: effective rank of J_V -----------------------------------------------------------------------------------
+class Sketch:
+    """A randomized range sketch Y = J Ω of the full Jacobian at the batch's input, computed once and reused for every
+    mask: J_V's sketch is Y's visible rows, so each mask costs only the `rank` VJPs of the projection step."""
+
+    def __init__(self, victim: Victim, batch: Batch, cfg: Update, rank: int, seed: int):
+        x = continuous_input(victim, batch).detach()
+        self.f = functional_update(victim, batch, cfg)
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        omega = torch.randn(rank, *x.shape, generator=gen, dtype=x.dtype, device=x.device)
+        jvp = torch.func.vmap(lambda w: torch.func.jvp(self.f, (x,), (w,))[1])
+        self.y = torch.cat([jvp(chunk).detach() for chunk in omega.split(CHUNK)]).T  # (n, rank)
+        _, vjp_fn = torch.func.vjp(self.f, x)
+        self.vjp = torch.func.vmap(lambda v: vjp_fn(v)[0].reshape(-1))
+
+    def singular_values(self, visible: torch.Tensor) -> torch.Tensor:
+        """The top singular values of J_V (V: bool, length n) from the sketch: Q = orth(Y_V), σ(Qᵀ J_V)."""
+        visible = visible.to(self.y.device)
+        if not bool(visible.any()):
+            return torch.zeros(0)
+        q, _ = torch.linalg.qr(self.y[visible])  # (|V|, rank)
+        full = torch.zeros(visible.numel(), q.shape[1], dtype=q.dtype, device=q.device)
+        full[visible] = q
+        b = torch.cat([self.vjp(chunk).detach() for chunk in full.T.split(CHUNK)])  # (rank, d) = Qᵀ J_V
+        return torch.linalg.svdvals(b)
+
+
+def effective_rank(singular_values: torch.Tensor) -> float:
+    """exp(H(p)), p = σ / Σσ (Roy and Vetterli): 1 for a rank-one map, r for r equal singular values; 0 if J_V = 0."""
+    s = singular_values.double().clamp_min(0)
+    total = float(s.sum())
+    if total <= 0:
+        return 0.0
+    p = s[s > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+# --- T2 and T4 from results tables (the theory stage's own trials or any sweep's) ----------------------------------
+def bound_summary(table: pd.DataFrame, tolerance: float) -> dict:
+    """T2: (B1) points checked (finished trials with something encrypted and a comparable output), violations beyond
+    `tolerance`, and the median tightness bound / error."""
+    rows = table[(table.status == "ok") & (table.k > 0) & table.b1_error.notna()]
+    bound_, error = rows.b1_bound.astype(float), rows.b1_error.astype(float)
+    violated = bound_ > error * (1 + tolerance) + 1e-12
+    tight = (bound_ / error)[error > 0]
+    return {
+        "checked": len(rows),
+        "violations": int(violated.sum()),
+        "tightness_median": float(tight.median()) if len(tight) else float("nan"),
+    }
+
+
+def phi_cells(table: pd.DataFrame, success: str) -> pd.DataFrame:
+    """Mean φ(S) and mean attack success per (attack, metric, ratio) cell of the mask-aware, own-mask trials.
+
+    ρ = 0 and ρ = 1 are one cell each whatever the metric (the mask does not depend on it there)."""
+    ok = table[(table.status == "ok") & (table.threat_model == "mask_aware") & (table.mask_source == "own")].copy()
+    ok[success] = ok[success].astype(float).clip(upper=100.0)  # PSNR of an exact copy is inf
+    ok["metric"] = np.where(ok.ratio == 0, "none", np.where(ok.ratio == 1, "all", ok.metric))
+    return ok.groupby(["attack", "metric", "ratio"], as_index=False).agg(
+        phi=("phi", "mean"), success=(success, "mean"), trials=("phi", "size")
+    )
+
+
+def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
+    """T4 per attack: Spearman correlation between a cell's φ(S) and its attack success (expected negative)."""
+    cells = phi_cells(table, success)
+    return {attack: spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
+
+
+# --- the theory stage: T1-T5 on the cases of params.theory --------------------------------------------------------
+def case_params(params: Params, case: TheoryCase) -> Params:
+    """params with `case` as its architecture's sweep grid (mask-aware, own masks), the case's attack length, and the
+    theory's L_S grid: the theory stage's trials are ordinary sweep trials with these settings."""
+    grid = SweepArch(
+        metrics=case.metrics,
+        ratios=case.ratios,
+        attacks=[case.attack],
+        threat_models=["mask_aware"],
+        mask_sources=["own"],
+        trials=case.trials,
+    )
+    attacks = params.attacks
+    attack_cfg = getattr(attacks, case.attack, None)
+    if attack_cfg is not None:  # token_leakage is analytic: nothing to shorten
+        attacks = attacks.model_copy(update={case.attack: attack_cfg.model_copy(update={"steps": case.steps})})
+    sweep = params.sweep.model_copy(
+        update={case.arch: grid, "bound_grid": params.theory.grid, "bound_iters": params.theory.power_iters}
+    )
+    return params.model_copy(update={"attacks": attacks, "sweep": sweep})
+
+
+def _first_batch(victim: Victim, params: Params, arch: str) -> Batch:
+    from selenc.sweep import _batch
+
+    return _batch(victim, getattr(params.models, arch).dataset, list(range(params.update.batch_size)))
+
+
+def case_masks(view: ClientView, case: TheoryCase) -> dict[tuple[str, float], torch.Tensor]:
+    """The encrypted set of every (metric, ratio) of the case for the client's first batch (ratio 0: empty)."""
+    from selenc.selection import top_k_mask
+    from selenc.significance import scores
+
+    out = {}
+    for metric in case.metrics:
+        s = scores(metric, view)
+        for ratio in case.ratios:
+            out[(metric, float(ratio))] = top_k_mask(s, ratio)
+    return out
+
+
+def identity_table(view: ClientView, masks: dict, samples: int) -> pd.DataFrame:
+    """T1 in float64 on `samples` far-field candidates per mask (the attack's own random starts)."""
+    from selenc.attacks.base import PublicInfo
+    from selenc.gradients import FlatLayout, client_update
+    from selenc.significance import far_field
+
+    victim, batch = float64(view.victim, view.batch)
+    update = client_update(victim, batch, view.update_cfg)
+    info = PublicInfo(victim.arch, len(batch), victim.num_classes, victim.input_shape, view.update_cfg)
+    x = continuous_input(victim, batch)
+    view64 = ClientView(victim, batch, update, view.update_cfg, view.cfg, view.seed)
+    gen = view.generator("identity")
+    rows = []
+    for (metric, ratio), mask in masks.items():
+        observed = ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), info.as_metadata())
+        for j in range(samples):
+            candidate = far_field(view64, x, gen).double()  # images: pixels; text: an embedding offset
+            err = identity_error(victim, batch, view.update_cfg, observed, update, candidate)
+            rows.append({"metric": metric, "ratio": ratio, "candidate": j} | err)
+    return pd.DataFrame(rows)
+
+
+def field_table(view: ClientView, samples: int, exact: bool, keep: int = 2000) -> tuple[pd.DataFrame, dict]:
+    """T3: far-field s vs |g|², near-field s vs ‖J_i‖² (exact Jacobian when `exact`), Spearman over all n
+    coordinates, plus `keep` random coordinates for a scatter plot."""
+    cfg = view.cfg.model_copy(update={"samples": samples})
+    big = ClientView(view.victim, view.batch, view.update, view.update_cfg, cfg, view.seed)
+    g2 = view.update.square()
+    s_far, s_near = significance(big, "far"), significance(big, "near")
+    j2 = row_norms(view.victim, view.batch, view.update_cfg, exact=exact, samples=samples, seed=view.seed)
+    corr = {"far": _informative_spearman(s_far, g2), "near": _informative_spearman(s_near, j2)}
+    pick = torch.randperm(g2.numel(), generator=torch.Generator().manual_seed(view.seed))[:keep]
+    frame = pd.DataFrame(
+        {
+            name: t.detach().cpu()[pick].double().numpy()
+            for name, t in {"g2": g2, "s_far": s_far, "s_near": s_near, "j2": j2}.items()
+        }
+    )
+    return frame, corr
+
+
+def _informative_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman over the coordinates where a or b is non-zero: coordinates that are exactly 0 in both (a text model's
+    embedding rows of absent tokens, dead ReLU units) are one giant tie that would inflate the correlation."""
+    keep = (a != 0) | (b != 0)
+    return spearman(a[keep].cpu(), b[keep].cpu())
+
+
+def rank_table(view: ClientView, masks: dict, rank: int) -> pd.DataFrame:
+    """T5: effective rank of J_V for every (metric, ratio) mask, from one randomized sketch of J."""
+    sketch = Sketch(view.victim, view.batch, view.update_cfg, rank, view.seed)
+    d = continuous_input(view.victim, view.batch).numel()
+    rows = [
+        {
+            "metric": m,
+            "ratio": r,
+            "effective_rank": effective_rank(sketch.singular_values(~mask)),
+            "sketch": rank,
+            "input_dim": d,
+        }
+        for (m, r), mask in masks.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def run(params: Params, out_dir: Path, cache_dir: Path | None = None) -> dict:
+    """Run every case and write out_dir/{trials,identity,fields,ranks}.csv; return the metrics of theory.json."""
+    from selenc.gradients import client_update
+    from selenc.models import build_victim
+    from selenc.plots import success_column
+    from selenc.sweep import CACHE_DIR, run_sweep
+
+    th = params.theory
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, identity, fields, ranks, per_case = [], [], [], [], {}
+    for case in th.cases:
+        label = f"{case.arch}/{case.attack}"
+        cp = case_params(params, case)
+        victim = build_victim(case.arch, cp)
+        table = run_sweep(cp, case.arch, cache_dir=cache_dir or CACHE_DIR, victim=victim)
+        tables.append(table.assign(case=label))
+        batch = _first_batch(victim, cp, case.arch)
+        seed = derive_seed(params.study.seed, "theory", case.arch)
+        view = ClientView(victim, batch, client_update(victim, batch, cp.update), cp.update, cp.significance, seed)
+        masks = case_masks(view, case)
+        print(f"theory {label}: T1 identity, T3 fields" + (", T5 effective rank" if case.effective_rank else ""))
+        identity.append(identity_table(view, masks, th.samples).assign(case=label))
+        frame, corr = field_table(view, th.samples, exact=case.effective_rank)
+        fields.append(frame.assign(case=label))
+        if case.effective_rank:
+            ranks.append(rank_table(view, masks, th.svd_rank).assign(case=label))
+        col, _ = success_column(case.arch)
+        per_case[label] = {
+            "t2": bound_summary(table, th.tolerance),
+            "t3_far_spearman": corr["far"],
+            "t3_near_spearman": corr["near"],
+            "t4_spearman": phi_spearman(table, col)[case.attack],
+        }
+    trials, identity_df = pd.concat(tables, ignore_index=True), pd.concat(identity, ignore_index=True)
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    identity_df.to_csv(out_dir / "identity.csv", index=False)
+    pd.concat(fields, ignore_index=True).to_csv(out_dir / "fields.csv", index=False)
+    rank_df = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame(columns=["metric", "ratio", "case"])
+    rank_df.to_csv(out_dir / "ranks.csv", index=False)
+    t2 = bound_summary(trials, th.tolerance)
+    metrics = {
+        "t1_max_rel_err": float(identity_df.rel_err.max()),
+        "t2_checked": t2["checked"],
+        "t2_violations": t2["violations"],
+        "t2_tightness_median": t2["tightness_median"],
+        "t3_far_spearman": float(np.nanmean([c["t3_far_spearman"] for c in per_case.values()])),
+        "t3_near_spearman": float(np.nanmean([c["t3_near_spearman"] for c in per_case.values()])),
+        "t4_spearman": float(np.nanmean([c["t4_spearman"] for c in per_case.values()])),
+        "cases": per_case,
+    }
+    if len(rank_df):
+        metrics["t5_effective_rank"] = {
+            f"{case}|{metric}": {f"r{r:g}": round(v, 2) for r, v in zip(g.ratio, g.effective_rank, strict=True)}
+            for (case, metric), g in rank_df.groupby(["case", "metric"])
+        }
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from selenc.config import load_params
+    from selenc.data import REPO_ROOT
+
+    parser = argparse.ArgumentParser(prog="python -m selenc.theory", description="T1-T5 of theory.md on real attacks.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--reports", type=Path, default=REPO_ROOT / "reports")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    metrics = run(params, args.reports / "theory")
+    (args.reports / "metrics").mkdir(parents=True, exist_ok=True)
+    (args.reports / "metrics" / "theory.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("t") and not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

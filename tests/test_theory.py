@@ -1,0 +1,189 @@
+"""The theory module against exact answers: identity in float64, JVP estimators and power iteration against the
+materialised Jacobian of a small real model, (B1) on a linear map where it is tight, φ's optimality, effective rank."""
+
+import pandas as pd
+import pytest
+import torch
+
+from selenc import data, theory
+from selenc.attacks.base import observe_client
+from selenc.config import ConfigError
+from selenc.gradients import client_update, continuous_input, functional_update
+from selenc.models import build_victim
+from selenc.selection import top_k_mask
+from selenc.significance import ClientView
+from tests.conftest import with_changes
+
+
+@pytest.fixture(scope="module")
+def small(raw_params):
+    """LeNet on MNIST (1,024 input pixels): small enough to materialise J = ∂g/∂x exactly."""
+    import copy
+
+    raw = copy.deepcopy(raw_params)
+    raw["models"]["lenet"]["dataset"] = "mnist"
+    params = with_changes(raw)
+    victim = build_victim("lenet", params, torch.device("cpu"))
+    pool = data.target_images("mnist")
+    batch = victim.image_batch(data.Images(pool.images[:1], pool.labels[:1]))
+    f = functional_update(victim, batch, params.update)
+    x = continuous_input(victim, batch)
+    g = f(x).detach()
+    jac = torch.func.jacfwd(f)(x).reshape(g.numel(), -1)
+    return params, victim, batch, f, x, g, jac
+
+
+def test_identity_holds_to_float64_precision_with_the_attackers_own_distance(small):
+    params, victim, batch, *_ = small
+    v64, b64 = theory.float64(victim, batch)
+    update = client_update(v64, b64, params.update)
+    gen = torch.Generator().manual_seed(1)
+    for ratio in (0.05, 0.5, 0.95):
+        mask = top_k_mask(torch.rand(update.numel(), generator=gen), ratio)
+        observed = observe_client(v64, b64, params.update, mask)
+        for _ in range(3):
+            candidate = torch.rand(b64.inputs.shape).double()
+            out = theory.identity_error(v64, b64, params.update, observed, update, candidate)
+            assert out["D_V"] > 0 and out["D_S"] > 0  # both parts non-trivial
+            assert out["rel_err"] < 1e-12, out
+    assert next(victim.model.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_row_norms_exact_and_estimated_match_the_materialised_jacobian(small):
+    params, victim, batch, _, _, _, jac = small
+    exact = jac.square().sum(1)
+    assert torch.allclose(theory.row_norms(victim, batch, params.update, exact=True), exact, rtol=1e-4, atol=1e-10)
+    est = theory.row_norms(victim, batch, params.update, exact=False, samples=256, seed=0)
+    big = exact > exact.quantile(0.5)
+    rel = ((est - exact).abs() / exact)[big]
+    assert rel.median() < 0.15  # chi-square with 256 dof: relative sd ~ 0.09
+    assert theory.spearman(est, exact) > 0.95
+
+
+def test_power_iteration_converges_to_the_exact_spectral_norm_from_below(small):
+    _, _, _, f, x, g, jac = small
+    for ratio in (0.01, 0.2):
+        mask = top_k_mask(g.abs(), ratio)
+        exact = float(torch.linalg.matrix_norm(jac[mask], 2))
+        est, _ = theory.spectral_norm(f, x, mask, 40, torch.Generator().manual_seed(0))
+        assert est <= exact * (1 + 1e-4)
+        assert est == pytest.approx(exact, rel=2e-3)
+    assert theory.spectral_norm(f, x, torch.zeros_like(mask), 5, torch.Generator())[0] == 0.0
+
+
+def test_bound_is_exact_on_a_linear_map_and_never_violated_elsewhere():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(60, 12, generator=gen, dtype=torch.float64)
+    rows = torch.zeros(60, dtype=torch.bool)
+    rows[:25] = True
+
+    def f(x):
+        return a @ x
+
+    x = torch.randn(12, generator=gen, dtype=torch.float64)
+    _, _, vh = torch.linalg.svd(a[rows])
+    top = theory.bound_of(f, x, x + 3.0 * vh[0], rows, grid=3, iters=50, seed=0)
+    assert top.lipschitz == pytest.approx(float(torch.linalg.matrix_norm(a[rows], 2)), rel=1e-9)
+    assert top.tightness == pytest.approx(1.0, rel=1e-9) and not top.violated  # equality along the top direction
+    for _ in range(5):
+        other = theory.bound_of(f, x, x + torch.randn(12, generator=gen, dtype=torch.float64), rows, 3, 50, 0)
+        assert 0 < other.tightness < 1 and not other.violated
+    none = theory.bound_of(f, x, x + 1.0, torch.zeros(60, dtype=torch.bool), 3, 5, 0)
+    assert none.bound == 0 and none.mismatch == 0 and none.error > 0
+
+
+def test_bound_on_a_real_attack_output_holds(small):
+    params, victim, batch, _, x, g, _ = small
+    mask = top_k_mask(g.abs(), 0.1)
+    x_hat = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+    b = theory.bound(victim, batch, params.update, x_hat, mask, grid=8, iters=6, seed=0)
+    assert b.mismatch > 0 and b.lipschitz > 0 and not b.violated and 0 < b.tightness <= 1
+    with pytest.raises(ValueError, match="input space"):
+        theory.bound(victim, batch, params.update, x_hat[..., :5], mask, 2, 1, 0)
+
+
+def test_phi_is_maximised_by_the_top_k_of_s(small):
+    _, _, _, _, _, g, _ = small
+    s = g.square() + 1e-3 * torch.rand(g.shape, generator=torch.Generator().manual_seed(0))
+    top = theory.phi(s, top_k_mask(s, 0.1))
+    for seed in range(5):
+        other = top_k_mask(torch.rand(g.shape, generator=torch.Generator().manual_seed(seed)), 0.1)
+        assert theory.phi(s, other) < top
+    assert theory.phi(s, torch.zeros_like(s, dtype=torch.bool)) == 0.0
+    assert theory.phi(s, torch.ones_like(s, dtype=torch.bool)) == pytest.approx(1.0)
+
+
+def test_effective_rank_known_values_and_exact_sketch(small):
+    assert theory.effective_rank(torch.ones(7)) == pytest.approx(7.0)
+    assert theory.effective_rank(torch.tensor([5.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert theory.effective_rank(torch.zeros(3)) == 0.0
+    params, victim, batch, _, x, g, jac = small
+    sketch = theory.Sketch(victim, batch, params.update, rank=x.numel(), seed=0)  # rank >= d: exact
+    for ratio in (0.0, 0.5):
+        visible = ~top_k_mask(g.abs(), ratio)
+        exact = theory.effective_rank(torch.linalg.svdvals(jac[visible]))
+        assert theory.effective_rank(sketch.singular_values(visible)) == pytest.approx(exact, rel=1e-3)
+
+
+def test_text_point_is_zero_for_the_true_tokens_and_none_for_another_length(params, victims):
+    victim = victims["gpt2"]
+    batch = victim.text_batch([data.target_sentences()[0]])
+    special = set(victim.tokenizer.all_special_ids)
+    ids = [[t for t in batch.inputs[0].tolist() if t not in special]]
+    point = theory.text_point(victim, batch, ids)
+    assert point is not None and point.shape == continuous_input(victim, batch).shape and point.abs().max() == 0
+    moved = theory.text_point(victim, batch, [[ids[0][1], ids[0][0], *ids[0][2:]]])
+    assert moved.abs().sum() > 0
+    assert theory.text_point(victim, batch, [ids[0][:-1]]) is None
+
+
+def test_phi_cells_merge_the_metric_free_ratios_and_t4_sign():
+    rows = []
+    for metric, good in (("magnitude", True), ("random", False)):
+        for ratio in (0.0, 0.5, 1.0):
+            phi = ratio if good or ratio in (0, 1) else ratio / 5
+            rows.append(
+                {
+                    "attack": "dlg",
+                    "threat_model": "mask_aware",
+                    "mask_source": "own",
+                    "status": "ok",
+                    "metric": metric,
+                    "ratio": ratio,
+                    "phi": phi,
+                    "psnr": 40 - 30 * phi,
+                }
+            )
+    table = pd.DataFrame(rows)
+    cells = theory.phi_cells(table, "psnr")
+    assert len(cells) == 4 and set(cells.metric) == {"none", "all", "magnitude", "random"}
+    assert theory.phi_spearman(table, "psnr")["dlg"] == pytest.approx(-1.0)
+
+
+def test_theory_config_rejects_an_attack_of_the_wrong_modality(raw):
+    raw["theory"]["cases"][0]["attack"] = "tag"
+    with pytest.raises(ConfigError, match=r"theory\.cases\.0\.attacks: 'tag' is a text attack and lenet"):
+        with_changes(raw)
+    raw["theory"]["cases"] = []
+    with pytest.raises(ConfigError, match=r"theory\.cases"):
+        with_changes(raw)
+
+
+def test_case_params_make_an_ordinary_small_sweep(params):
+    case = params.theory.cases[0]
+    before = getattr(params.attacks, case.attack).steps
+    cp = theory.case_params(params, case)
+    grid = getattr(cp.sweep, case.arch)
+    assert grid.attacks == [case.attack] and grid.threat_models == ["mask_aware"] and grid.metrics == case.metrics
+    assert getattr(cp.attacks, case.attack).steps == case.steps and cp.sweep.bound_grid == params.theory.grid
+    assert getattr(params.attacks, case.attack).steps == before  # the original params are not modified
+
+
+def test_client_view_far_field_identity_table_runs_on_text(params, victims):
+    victim = victims["gpt2"]
+    batch = victim.text_batch([data.target_sentences()[3]])
+    update = client_update(victim, batch, params.update)
+    view = ClientView(victim, batch, update, params.update, params.significance, 0)
+    masks = {("magnitude", 0.1): top_k_mask(update.abs(), 0.1)}
+    table = theory.identity_table(view, masks, samples=2)
+    assert len(table) == 2 and (table.rel_err < 1e-10).all() and (table.D_S > 0).all()
