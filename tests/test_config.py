@@ -59,7 +59,11 @@ BAD = [
         12,
         ["models.lenet.chanels: unknown key", "allowed keys: dataset, init, pretrain"],
     ),
-    ("sweep.resnet", {}, ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, bound_grid, bound_iters, lenet, cnn, bert, gpt2"]),
+    (
+        "sweep.resnet",
+        {},
+        ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, bound_grid, bound_iters, lenet, cnn, bert"],
+    ),
     ("study.seed", "zero", ["study.seed:", "valid integer", "'zero'"]),
     ("study.seed", -1, ["study.seed:", "greater than or equal to 0", "-1"]),
     ("models.cnn.width", 16.5, ["models.cnn.width:", "valid integer", "16.5"]),
