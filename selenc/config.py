@@ -215,6 +215,7 @@ class LAMPAttack(Section):
     embedding_reg: Annotated[float, Field(ge=0.0)]
     reorder_every: PosInt
     reorder_candidates: PosInt
+    polish: Annotated[int, Field(ge=0)]
     restarts: PosInt
     restrict_vocab: bool
 

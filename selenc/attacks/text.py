@@ -21,8 +21,11 @@ v. Least squares then recovers the whole sentence, order and repeats included (`
   `reorder_candidates` reorderings (swap two tokens, move a token, move a span) of one sample's embeddings, scores
   each by the gradient distance and keeps the best if it beats the current state (as the paper, the continuous
   embeddings are permuted and scored; the decoded tokens of each phase are scored too and the best decoded
-  sentence is kept). **No language-model prior**: the paper ranks candidates with GPT-2's perplexity as well, but
-  no pretrained GPT-2 weights exist offline, so they are ranked by the gradient distance alone (`info["lm_prior"]`).
+  sentence is kept); at the end, `polish` reorderings of the best decoded sentence (the same three moves, on tokens)
+  are tried one by one and kept when they lower the gradient distance (continuous embeddings can carry a position
+  offset, so permuting them does not always move a token; permuting decoded tokens does). **No language-model
+  prior**: the paper ranks candidates with GPT-2's perplexity as well, but no pretrained GPT-2 weights exist
+  offline, so they are ranked by the gradient distance alone (`info["lm_prior"]`).
   The cosine is LAMP's own (`Objective.layer_cosine`, the reference code's `grad_dist`): the mean over parameter
   tensors of 1 − cos, each on the coordinates the threat model compares. The global cosine of `Matcher.cosine`
   (switch: `LAMP_LAYERWISE = False`) is dominated on BERT by the pooler and classifier gradients (~77% of the
@@ -41,8 +44,11 @@ x_p + pos_p (+ type) is matched to w_v + pos_q (+ type) over the allowed tokens 
 mean-centred vectors under LayerNorm, L2 for GPT-2), positions assigned one-to-one (Hungarian).
 
 **Vocabulary restriction** (`restrict_vocab`): decoding is limited to the tokens that can be in the batch: the leaked
-ones plus those whose rows are fully hidden (a row with a seen all-zero entry is not in the batch). When that set is
-empty or the whole vocabulary (every row encrypted), it falls back to the full vocabulary (`info["vocab"]`).
+ones plus those whose rows are fully hidden (a row with a seen all-zero entry is not in the batch), and every leaked
+token is decoded at least once when the slots allow it (the leaked bag is known to be in the batch): slots are
+assigned to the leaked tokens plus free slots by a Hungarian assignment that maximises the summed match score, the
+free slots taking their best token. When the set is empty or the whole vocabulary (every row encrypted), it falls
+back to the full vocabulary without that constraint (`info["vocab"]`).
 
 **Sequence length.** From the position rows (`sequence_length`): exact when they pin it down; otherwise estimated
 from the rows that are seen and the number of distinct leaked tokens (a lower bound), else the public max_length.
@@ -458,18 +464,20 @@ class _L2L1(torch.autograd.Function):
 
 
 # --- the dummy sentences ---------------------------------------------------------------------------------------------
-def vocabulary(leak: Leakage, tokenizer, restrict: bool) -> tuple[torch.Tensor | None, str]:
-    """The tokens a position may decode to (None = the full vocabulary) and why (see the module docstring)."""
+def vocabulary(leak: Leakage, tokenizer, restrict: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
+    """(allowed, required, why): the tokens a position may decode to (None = the full vocabulary) and the leaked tokens
+    the decoded batch must contain at least once each (None = no such constraint); see the module docstring."""
     if not restrict:
-        return None, "full (restrict_vocab off)"
-    excluded = _excluded(tokenizer)
+        return None, None, "full (restrict_vocab off)"
+    excluded = torch.tensor(_excluded(tokenizer), dtype=torch.long)
     cands = leak.candidates
-    cands = cands[~torch.isin(cands, torch.tensor(excluded, dtype=cands.dtype))]
+    cands = cands[~torch.isin(cands, excluded)]
     if cands.numel() == 0:
-        return None, "full (no token row seen)"
-    if cands.numel() + len(excluded) >= leak.vocab_size:
-        return None, "full (embedding rows encrypted)"
-    return cands, "leaked" if leak.unknown.numel() == 0 else "leaked+hidden_rows"
+        return None, None, "full (no token row seen)"
+    if cands.numel() + excluded.numel() >= leak.vocab_size:
+        return None, None, "full (embedding rows encrypted)"
+    required = leak.leaked[~torch.isin(leak.leaked, excluded)]
+    return cands, required, "leaked" if leak.unknown.numel() == 0 else "leaked+hidden_rows"
 
 
 class Dummy:
@@ -479,7 +487,15 @@ class Dummy:
     N(mean, std) of the vocabulary table per dimension.
     """
 
-    def __init__(self, victim: Victim, batch: int, length: int, allowed: torch.Tensor | None, gen: torch.Generator):
+    def __init__(
+        self,
+        victim: Victim,
+        batch: int,
+        length: int,
+        allowed: torch.Tensor | None,
+        gen: torch.Generator,
+        required: torch.Tensor | None = None,
+    ):
         tok = victim.tokenizer
         self.table = victim.model.get_input_embeddings().weight.detach()
         device = self.table.device
@@ -491,6 +507,11 @@ class Dummy:
             raise ValueError(f"sequence length {length} leaves no token inside the frame")
         allowed = torch.arange(vocab) if allowed is None else allowed.cpu()
         self.allowed = allowed[~torch.isin(allowed, torch.tensor(_excluded(tok), dtype=torch.long))].to(device)
+        self.required: torch.Tensor | None = None  # columns of self.allowed that must each be decoded at least once
+        if required is not None and 0 < required.numel() <= batch * self.n_free:
+            cols = torch.searchsorted(self.allowed.cpu(), required.cpu())
+            if bool((self.allowed.cpu()[cols.clamp_max(self.allowed.numel() - 1)] == required.cpu()).all()):
+                self.required = cols.to(device)
         self.typical_norm = float(self.table.norm(dim=1).mean())
         self.rms = float(self.table.square().mean().sqrt())
         layer = input_layer(victim)
@@ -516,13 +537,13 @@ class Dummy:
         return embeds[:, len(self.prefix) : len(self.prefix) + self.n_free]
 
     @torch.no_grad()
-    def project(self) -> torch.Tensor:
-        """(B, T_inner) token ids decoded from the current state (see the module docstring: Decoding)."""
+    def scores(self) -> torch.Tensor:
+        """(B, P, V): how well inner slot p of each sample matches each allowed token (higher is better; see the
+        module docstring: Decoding). Without a position table: −‖x_p − w_v‖² up to a per-slot constant. With one,
+        each dummy vector is first assigned one-to-one to the position q whose embedding it carries."""
         words = self.table[self.allowed]  # (V, E)
-        if self.input_layer is None:  # no position table: nearest token per position
-            flat = self.param.reshape(-1, self.param.shape[-1])
-            dist = flat.square().sum(1, keepdim=True) - 2 * flat @ words.T + words.square().sum(1)
-            return self.allowed[dist.argmin(1)].view(self.batch, self.n_free)
+        if self.input_layer is None:
+            return 2 * self.param @ words.T - words.square().sum(1)
         pos_table, offset, normalised = self.input_layer
         first = len(self.prefix)
         inner = pos_table[first : first + self.n_free] + offset  # (Q, E)
@@ -533,19 +554,39 @@ class Dummy:
             seen = seen - seen.mean(-1, keepdim=True)
             seen = seen / seen.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         norms = words.square().sum(1, keepdim=True) + 2 * words @ inner.T + inner.square().sum(1)  # ‖w_v + pos_q‖²
-        out = torch.empty(self.batch, self.n_free, dtype=torch.long, device=seen.device)
+
+        def score(dots: torch.Tensor, q) -> torch.Tensor:  # dots = s_p · (w_v + pos_q)
+            return dots / norms[:, q].clamp_min(1e-24).sqrt() if normalised else 2 * dots - norms[:, q]
+
+        out = torch.empty(self.batch, self.n_free, words.shape[0], device=seen.device)
         for b in range(self.batch):
             a, c = seen[b] @ words.T, seen[b] @ inner.T  # (P, V), (P, Q)
-            best = torch.empty(self.n_free, self.n_free, device=seen.device)
-            arg = torch.empty(self.n_free, self.n_free, dtype=torch.long, device=seen.device)
-            for p in range(self.n_free):
-                dots = a[p].unsqueeze(1) + c[p].unsqueeze(0)  # (V, Q): s_p · (w_v + pos_q)
-                score = dots / norms.clamp_min(1e-24).sqrt() if normalised else 2 * dots - norms
-                best[p], arg[p] = score.max(0)
+            best = torch.stack(
+                [score(a[p].unsqueeze(1) + c[p].unsqueeze(0), slice(None)).amax(0) for p in range(self.n_free)]
+            )
             rows, cols = linear_sum_assignment(best.cpu().numpy(), maximize=True)
-            rows, cols = torch.as_tensor(rows, device=seen.device), torch.as_tensor(cols, device=seen.device)
-            out[b, cols] = self.allowed[arg[rows, cols]]
+            for p, q in zip(rows.tolist(), cols.tolist(), strict=True):
+                out[b, q] = score(a[p] + c[p, q], q)
         return out
+
+    @torch.no_grad()
+    def project(self) -> torch.Tensor:
+        """(B, T_inner) token ids decoded from the current state: each slot's best token, except that every required
+        (leaked) token is decoded at least once: an assignment of slots to the required tokens plus free slots that
+        maximises the summed score (Hungarian)."""
+        scores = self.scores()
+        ids = scores.argmax(-1)
+        if self.required is not None:
+            flat = scores.reshape(-1, scores.shape[-1])
+            k = self.required.numel()
+            free = flat.amax(1, keepdim=True).expand(-1, flat.shape[0] - k)
+            rows, cols = linear_sum_assignment(
+                torch.cat([flat[:, self.required], free], 1).cpu().numpy(), maximize=True
+            )
+            take = cols < k
+            flat_ids = ids.reshape(-1)
+            flat_ids[torch.as_tensor(rows[take], device=ids.device)] = self.required[torch.as_tensor(cols[take])]
+        return self.allowed[ids]
 
     @torch.no_grad()
     def permute_(self, sample: int, perm: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -557,6 +598,13 @@ class Dummy:
 
 def _proposal(n: int, gen: torch.Generator) -> torch.Tensor:
     """A random reordering of n positions (LAMP's moves): swap two tokens, move one token, or move a span."""
+    while True:  # a span put back where it was is the identity: draw again
+        perm = _move(n, gen)
+        if perm != list(range(n)):
+            return torch.tensor(perm, dtype=torch.long)
+
+
+def _move(n: int, gen: torch.Generator) -> list[int]:
     perm = list(range(n))
     kind = int(torch.randint(3, (1,), generator=gen))
     i, j = sorted(torch.randperm(n, generator=gen)[:2].tolist())
@@ -569,7 +617,7 @@ def _proposal(n: int, gen: torch.Generator) -> torch.Tensor:
         span, rest = perm[i : j + 1], perm[:i] + perm[j + 1 :]
         at = int(torch.randint(len(rest) + 1, (1,), generator=gen))
         perm = rest[:at] + span + rest[at:]
-    return torch.tensor(perm, dtype=torch.long)
+    return perm
 
 
 # --- the optimisation attacks ----------------------------------------------------------------------------------------
@@ -627,6 +675,23 @@ def _reorder(run: _Run, candidates: int, distance: Callable, gen: torch.Generato
         run.best = (value, ids)
 
 
+def _polish(ids: torch.Tensor, value: float, steps: int, distance: Callable, gen: torch.Generator):
+    """LAMP's discrete search on decoded tokens: `steps` random reorderings (swap two tokens, move a token, move a
+    span) of one sample's tokens, each kept when it lowers the gradient distance (first-improvement hill climbing).
+    Returns the best (distance, ids)."""
+    batch, n = ids.shape
+    if n < 2:
+        return value, ids
+    for _ in range(steps):
+        sample = int(torch.randint(batch, (1,), generator=gen))
+        moved = ids.clone()
+        moved[sample] = ids[sample, _proposal(n, gen).to(ids.device)]
+        candidate = distance(moved)
+        if candidate < value:
+            value, ids = candidate, moved
+    return value, ids
+
+
 def _optimisation_attack(
     observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int, method: str
 ) -> AttackResult:
@@ -638,13 +703,13 @@ def _optimisation_attack(
         leak = leakage(observed, victim, threat_model, reader)
         length, length_source = sequence_length(observed, victim, threat_model, leak, reader)
         cands, label_source = label_candidates(observed, victim, threat_model, reader)
-        allowed, vocab_source = vocabulary(leak, tok, cfg.restrict_vocab)
+        allowed, required, vocab_source = vocabulary(leak, tok, cfg.restrict_vocab)
         objective = Objective(observed, victim, threat_model)
         mask = torch.ones(batch, length, dtype=torch.long, device=device)
 
         def make_dummy(restart: int) -> Dummy:
             gen = torch.Generator().manual_seed(derive_seed(seed, method, "init", restart))
-            return Dummy(victim, batch, length, allowed, gen)
+            return Dummy(victim, batch, length, allowed, gen, required)
 
         def match(embeds: torch.Tensor, labels, create_graph: bool = True) -> torch.Tensor:
             dummy_batch = Batch(embeds, torch.tensor(labels, dtype=torch.long, device=device), mask)
@@ -709,6 +774,15 @@ def _optimisation_attack(
                 found = (distance(run.dummy.embeds_of(ids), run.labels), ids)
                 if run.best is not None and run.best[0] < found[0]:
                     found = run.best
+                if method == "lamp" and cfg.polish:
+                    gen = torch.Generator().manual_seed(derive_seed(seed, method, "polish", restart))
+                    found = _polish(
+                        found[1],
+                        found[0],
+                        cfg.polish,
+                        lambda ids, r=run: distance(r.dummy.embeds_of(ids), r.labels),
+                        gen,
+                    )
                 restart_scores.append(found[0])
                 if best is None or found[0] < best[0]:
                     best = (found[0], found[1], run.labels, run.losses)
