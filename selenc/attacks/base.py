@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from selenc.config import THREAT_MODELS, Update
 from selenc.gradients import FlatLayout, client_update
@@ -71,11 +70,13 @@ class Matcher:
         self.update_cfg = public_info(observed).update
         device = victim.device
         if threat_model == "mask_aware":
-            self.index: torch.Tensor | None = observed.visible_index.to(device)
+            hidden = bool(observed.mask.any())  # nothing hidden: compare the whole vector, no gather
+            self.index: torch.Tensor | None = observed.visible_index.to(device) if hidden else None
             self.target = observed.visible.to(device)
         else:
             self.index = None
             self.target = observed.zero_filled().to(device)
+        self.target_norm = float(self.target.double().norm())
 
     @property
     def blind(self) -> bool:
@@ -100,9 +101,9 @@ class Matcher:
     def cosine(self, batch: Batch) -> torch.Tensor:
         """1 − cos(dummy, target); 0 (constant, no signal) when nothing is compared or the target is all zero."""
         dummy = self.dummy_update(batch)
-        if self.blind or not self.target.any():
+        if self.blind or self.target_norm == 0:
             return dummy.sum() * 0.0
-        return 1.0 - F.cosine_similarity(dummy, self.target, dim=0)
+        return 1.0 - dummy.dot(self.target) / (dummy.norm().clamp_min(1e-12) * self.target_norm)
 
 
 class Timer:
