@@ -121,8 +121,9 @@ def sentence_table(table: pd.DataFrame, truth: list[str], attack: str, trial: in
 
 def heatmap(frame: pd.DataFrame, value: str, title: str, fmt: str = ".2f", cmap: str = "rocket_r") -> plt.Figure:
     """A heatmap of a (rows × columns) table, annotated."""
-    fig, ax = plt.subplots(figsize=(1.1 * frame.shape[1] + 2, 0.5 * frame.shape[0] + 1.5))
+    fig, ax = plt.subplots(figsize=(1.1 * frame.shape[1] + 3, 0.5 * frame.shape[0] + 1.5))
     sns.heatmap(frame.astype(float), annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": value})
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set_title(title)
     fig.tight_layout()
     return fig
