@@ -29,11 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from selenc import data
-from selenc.attacks.base import Matcher, observe_client, public_info
+from selenc.attacks.base import Matcher
 from selenc.attacks.image import ATTACKS, ig_objective, random_images
 from selenc.config import Params, load_params
 from selenc.metrics import image_scores
 from selenc.models import Batch, build_victim
+from selenc.observed import observe_client
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "out"
@@ -103,7 +104,7 @@ def speed(params: Params, reps: int = 50) -> list[str]:
             batch = victim.image_batch(data.Images(images.images[:b], images.labels[:b]))
             observed = observe_client(victim, batch, params.update)
             matcher = Matcher(observed, victim, "mask_aware")
-            x = random_images(public_info(observed), 0, "speed").requires_grad_()
+            x = random_images(observed.public, 0, "speed").requires_grad_()
 
             plain, steps = _step_functions(victim, batch, matcher, x, params.attacks.ig.tv)
             base = _median_ms(plain, reps)

@@ -29,10 +29,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from selenc import data, metrics
-from selenc.attacks.base import observe_client
 from selenc.attacks.text import ATTACKS, LAMP_LAYERWISE, Dummy, Objective
 from selenc.config import derive_seed, parse_params
 from selenc.models import Batch, build_victim
+from selenc.observed import observe_client
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = [("token_leakage", None), ("tag", True), ("tag", False), ("lamp", True), ("lamp", False)]

@@ -2,18 +2,23 @@
 
 `params.yaml` holds every knob of the study. `load_params` turns it into frozen pydantic objects and fails before
 any work is done with one `ConfigError` whose message names the key path, the bad value and what is allowed.
+That includes what would only fail later: a duplicate YAML key, a modulus chain SEAL rejects, a privacy bound no
+attack result can meet, more samples than the dataset has attack targets.
 The name tables below (architectures, datasets, metrics, attacks) are the single list of valid names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
+
+from selenc.data import TARGET_POOL
 
 # --- names the study knows, and the modality each one fits -------------------------------------------------------
 ARCH_MODALITY: dict[str, str] = {"lenet": "image", "cnn": "image", "bert": "text", "gpt2": "text"}
@@ -42,6 +47,10 @@ ATTACK_MODALITY: dict[str, str] = {
 THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
 MASK_SOURCES: tuple[str, ...] = ("own", "shared")
 MAX_BATCH = 8
+# SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
+SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+# a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
+DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|inproc://\S+")
 
 ImageDataset = Literal["mnist", "cifar10"]
 TextDataset = Literal["rotten_tomatoes"]
@@ -87,6 +96,26 @@ def _unique(values: list) -> list:
 def unique_list(item: Any) -> Any:
     """The type of a non-empty list of distinct `item`s (a sweep axis)."""
     return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
+
+
+def _dask_address(value: str | None) -> str | None:
+    if value is not None and not DASK_ADDRESS.fullmatch(value):
+        raise ValueError(
+            "not a dask scheduler address; allowed: tcp://host:port, tls://host:port, host:port or inproc://..., "
+            "or null to start a LocalCluster"
+        )
+    return value
+
+
+def _reachable(minimum: float, why: str) -> AfterValidator:
+    """A privacy bound that some reconstruction can meet: below `minimum` it would never be met."""
+
+    def check(value: float) -> float:
+        if value < minimum:
+            raise ValueError(f"can never be met: {why}; allowed: >= {minimum:g}")
+        return value
+
+    return AfterValidator(check)
 
 
 # --- sections ----------------------------------------------------------------------------------------------------
@@ -239,6 +268,10 @@ class SweepArch(Section):
 
 class Sweep(Section):
     workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
+    executor: Literal["local", "dask"]  # local: worker processes here (CUDA-safe); dask: a dask.distributed cluster
+    dask_address: Annotated[str | None, AfterValidator(_dask_address)]  # None: start a LocalCluster
+    dask_workers: Annotated[int, Field(ge=0)]  # LocalCluster worker processes; 0 = one per CPU core
+    batch_trials: PosInt  # trials per task; the task's time limit is time_limit_s x its trials
     time_limit_s: PosFloat
     bound_grid: PosInt  # t-grid points of L_S for the (B1) columns of every trial
     bound_iters: PosInt  # power iterations per grid point
@@ -272,8 +305,8 @@ class Theory(Section):
 class PrivacyLevel(Section):
     """A trial is protected at this level when the attack stays under every bound of its modality."""
 
-    psnr_max: float
-    ssim_max: float
+    psnr_max: Annotated[float, _reachable(0.0, "the PSNR of images in [0, 1] is never negative")]
+    ssim_max: Annotated[float, _reachable(-1.0, "SSIM is never below -1")]
     rouge1_max: Ratio
     token_f1_max: Ratio
 
@@ -343,6 +376,27 @@ def _check_grid(where: str, arch: str, attacks: list[str], metrics: list[str]) -
                 )
 
 
+def _check_limits(p: Params, source: str) -> None:
+    """Values each valid alone that fail later together: a modulus chain SEAL rejects, more samples than targets."""
+    bits, n = sum(p.he.coeff_mod_bit_sizes), p.he.poly_modulus_degree
+    if bits > SEAL_MAX_BITS[n]:
+        raise ConfigError(
+            f"{source}: he.coeff_mod_bit_sizes: the modulus chain {p.he.coeff_mod_bit_sizes} has {bits} bits; "
+            f"SEAL allows at most {SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): "
+            "use fewer or smaller primes or a larger poly_modulus_degree"
+        )
+    grids = [(f"sweep.{arch}", arch, getattr(p.sweep, arch).trials) for arch in ARCH_MODALITY]
+    grids += [(f"theory.cases.{i}", case.arch, case.trials) for i, case in enumerate(p.theory.cases)]
+    batch = p.update.batch_size
+    for where, arch, trials in grids:
+        dataset = getattr(p.models, arch).dataset
+        if trials * batch > TARGET_POOL[dataset]:
+            raise ConfigError(
+                f"{source}: {where}.trials: {trials} trials x update.batch_size {batch} = {trials * batch} samples, "
+                f"but the {dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
+            )
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate an already-parsed mapping; raise `ConfigError` with the first problem found."""
     if not isinstance(raw, dict):
@@ -352,7 +406,38 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     except ValidationError as exc:
         raise ConfigError(_format_error(exc.errors()[0], source)) from None
     _check_modalities(params, source)
+    _check_limits(params, source)
     return params
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping repeats a key (plain YAML keeps the last one silently)."""
+
+    def __init__(self, key: str, where: str, line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} {where}; each key may appear once")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated within one mapping, naming its line and key path."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, [])
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: list[str]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, Any]] = set()
+            for key_node, value_node in node.value:
+                key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                if key in seen:
+                    where = f"in {'.'.join(path)}" if path else "at the top level"
+                    raise DuplicateKeyError(key_node.value, where, key_node.start_mark.line + 1)
+                if key is not None:
+                    seen.add(key)
+                self._check_unique(value_node, [*path, str(key_node.value)])
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, [*path, str(i)])
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -361,7 +446,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

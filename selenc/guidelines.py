@@ -9,6 +9,7 @@ smallest (ties: the cheaper HE cost, then the name).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from selenc.config import ARCH_MODALITY, Guidelines, PrivacyLevel
+from selenc.plots import heatmap
 
 RECORD_KEYS = ("arch", "attack", "privacy_level", "metric", "min_ratio", "he_encrypt_s", "he_bytes", "recommended")
 
@@ -114,10 +116,6 @@ def paired_gap(table: pd.DataFrame, column: str, better: str, worse: str, level:
 
 def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, reports: Path) -> None:
     """reports/guidelines.{json,md}, the stage metrics (reports/metrics/guidelines.json) and a figure."""
-    import json
-
-    from selenc.plots import heatmap
-
     (reports / "metrics").mkdir(parents=True, exist_ok=True)
     (reports / "figures").mkdir(parents=True, exist_ok=True)
     (reports / "guidelines.json").write_text(json.dumps(records, indent=2) + "\n")

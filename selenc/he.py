@@ -29,7 +29,7 @@ import torch
 
 from selenc.config import HE
 from selenc.gradients import FlatLayout
-from selenc.selection import ObservedUpdate
+from selenc.observed import ObservedUpdate, PublicInfo
 
 
 class HEError(ValueError):
@@ -156,11 +156,11 @@ class EncryptedUpdate:
     def k(self) -> int:
         return int(np.count_nonzero(self.mask.cpu().numpy()))
 
-    def observed(self, layout: FlatLayout, metadata: dict | None = None) -> ObservedUpdate:
-        """The server's view: visible values, mask, layout and metadata; the ciphertexts are left out."""
+    def observed(self, layout: FlatLayout, public: PublicInfo) -> ObservedUpdate:
+        """The server's view: visible values, mask, layout and public facts; the ciphertexts are left out."""
         if layout.n != self.n:
             raise HEError(f"layout has n={layout.n} coordinates, this update has n={self.n}; they must match")
-        return ObservedUpdate(self.visible.clone(), self.mask.clone(), layout, dict(metadata or {}))
+        return ObservedUpdate(self.visible.clone(), self.mask.clone(), layout, public)
 
 
 # --- contexts and the two roles ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ which the attacks and the theory assume.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from selenc import data
-from selenc.config import ARCH_MODALITY, Params, Pretrain, derive_seed
+from selenc.config import ARCH_MODALITY, Params, Pretrain, derive_seed, load_params
 
 NUM_CLASSES = {"mnist": 10, "cifar10": 10, "rotten_tomatoes": 2}
 CHANNELS = {"mnist": 1, "cifar10": 3}
@@ -163,6 +164,16 @@ class Victim:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
+def target_batch(victim: Victim, dataset: str, indices: list[int]) -> Batch:
+    """The client batch of attack targets `indices` of `dataset` (wrapping around the pool), on the victim's device."""
+    if victim.modality == "image":
+        pool = data.target_images(dataset)
+        idx = [i % len(pool) for i in indices]
+        return victim.image_batch(data.Images(pool.images[idx], pool.labels[idx]))
+    pool = data.target_sentences()
+    return victim.text_batch([pool[i % len(pool)] for i in indices])
+
+
 def _prefixed(params: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
     """The entries of `params` under a submodule, renamed relative to it."""
     if params is None:
@@ -267,10 +278,6 @@ def pretrain(victim: Victim, cfg: Pretrain, seed: int) -> list[float]:
 
 def main() -> None:
     """Print the default victims built from params.yaml: parameter counts and input shapes."""
-    import argparse
-
-    from selenc.config import load_params
-
     parser = argparse.ArgumentParser(prog="python -m selenc.models", description=main.__doc__)
     parser.add_argument("--params", default="params.yaml")
     params = load_params(parser.parse_args().params)

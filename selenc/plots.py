@@ -1,6 +1,6 @@
 """Figures and summary tables for the notebooks (seaborn on matplotlib).
 
-Every function takes results tables (`selenc.sweep`) or guideline records and returns a matplotlib Figure or a
+Every function takes results tables (`selenc.results`) or guideline records and returns a matplotlib Figure or a
 DataFrame; notebooks only call them and show the output.
 """
 
@@ -11,21 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from selenc.config import ARCH_MODALITY
-
-SUCCESS = {"image": ("psnr", "PSNR (dB)"), "text": ("rouge1", "ROUGE-1")}
-
-
-def success_column(arch: str) -> tuple[str, str]:
-    """The attack-success column of an architecture's table and its axis label."""
-    return SUCCESS[ARCH_MODALITY[arch]]
-
-
-def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Finished trials, with PSNR of exact copies (inf) capped at 100 dB so means and plots stay finite."""
-    ok = table[table.status == "ok"].copy()
-    ok[column] = ok[column].astype(float).clip(upper=100.0)
-    return ok
+from selenc.results import decode_images, finite, success_column
 
 
 def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
@@ -68,8 +54,6 @@ def he_cost_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
 
 def reconstruction_grid(table: pd.DataFrame, originals: np.ndarray, attack: str, trial: int = 0) -> plt.Figure:
     """Original vs reconstructions across ratios (columns) and metrics (rows) for one attack and one trial."""
-    from selenc.sweep import decode_images
-
     rows = table[
         (table.attack == attack)
         & (table.trial == trial)

@@ -5,22 +5,17 @@ highest scores, ties broken by the lower flat index, found in O(n) with a partit
 Mask sources: `own` (the victim's scores) or `shared` (the sum of K clients' normalised scores: the single mask a
 deployment must agree on, because homomorphic aggregation adds ciphertexts slot by slot).
 
-`ObservedUpdate` is everything an honest-but-curious server sees: the plaintext values of the visible coordinates,
-the mask, the parameter layout and public metadata. It never holds the encrypted values, so an attack that receives
-it cannot reach them.
+The server's view of a masked update lives in `observed`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import torch
-
-from selenc.gradients import FlatLayout
 
 
 def budget(ratio: float, n: int) -> int:
@@ -89,41 +84,3 @@ def make_mask(client_scores: Sequence[torch.Tensor], ratio: float, source: str) 
             raise ValueError(f"a shared mask needs the scores of K >= 2 clients, got {len(client_scores)}")
         return top_k_mask(shared_scores(client_scores), ratio)
     raise ValueError(f"unknown mask source {source!r}; allowed: own, shared")
-
-
-@dataclass(frozen=True)
-class ObservedUpdate:
-    """What the server sees of one client's update: visible plaintext values, the mask, layout and metadata."""
-
-    visible: torch.Tensor  # values of the visible coordinates, in flat order (length n − k)
-    mask: torch.Tensor  # bool (n,), True = encrypted: position public, value hidden
-    layout: FlatLayout
-    metadata: dict = field(default_factory=dict)  # public facts: arch, input shape, batch size, labels, ...
-
-    @classmethod
-    def observe(
-        cls, update: torch.Tensor, mask: torch.Tensor, layout: FlatLayout, metadata: dict | None = None
-    ) -> ObservedUpdate:
-        """Keep only what crosses the wire in plaintext: a copy of the visible values (the hidden ones are dropped)."""
-        if update.ndim != 1 or update.numel() != layout.n:
-            raise ValueError(f"update must be a flat vector of {layout.n} values, got shape {tuple(update.shape)}")
-        if mask.dtype != torch.bool or mask.shape != update.shape:
-            raise ValueError(f"mask must be a bool vector of shape {tuple(update.shape)}")
-        mask = mask.detach().cpu().clone()
-        visible = update.detach()[~mask.to(update.device)].clone()
-        return cls(visible, mask, layout, dict(metadata or {}))
-
-    @property
-    def n(self) -> int:
-        return self.layout.n
-
-    @property
-    def visible_index(self) -> torch.Tensor:
-        """Flat indices of the visible coordinates (the attacker's loss runs over these when mask-aware)."""
-        return (~self.mask).nonzero().flatten()
-
-    def zero_filled(self) -> torch.Tensor:
-        """The full-length update with hidden coordinates set to 0 (the zero-fill attacker's view)."""
-        full = torch.zeros(self.n, dtype=self.visible.dtype, device=self.visible.device)
-        full[self.visible_index.to(self.visible.device)] = self.visible
-        return full

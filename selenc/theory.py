@@ -10,6 +10,8 @@
 - `effective_rank`: exp(entropy) of the normalised singular values of J_V from a randomized SVD (T5).
 - `row_norms`: ‖J_i‖² for every coordinate, exact (forward-mode Jacobian, small models) or by m JVPs (T3).
 
+The theory stage (its small attacks, the T1-T5 tables and theory.json) is `theory_check`.
+
 Inputs live in `gradients.continuous_input`'s space: pixels for images, an offset in token-embedding space around
 the batch's tokens for text. Power iteration returns a lower estimate of ‖J_S‖₂ and the grid samples the sup, so
 L_S can only come out too small; that makes the bound larger, so a violation means the grid or the iteration count
@@ -22,17 +24,17 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy import stats
 
-from selenc.config import Params, SweepArch, TheoryCase, Update, derive_seed
+from selenc.attacks.base import Matcher
+from selenc.attacks.text import frame
+from selenc.config import Update
 from selenc.gradients import at_input, continuous_input, functional_update
 from selenc.models import Batch, Victim
-from selenc.selection import ObservedUpdate
+from selenc.observed import ObservedUpdate
 from selenc.significance import ClientView, distance_significance
 
 CHUNK = 64  # directions per vmapped JVP/VJP call: bounds the memory of the batched Jacobian products
@@ -71,8 +73,6 @@ def identity_error(
     use the client's full update. The identity is exact algebra, so the check tests that the attacker's visible
     distance really is the restriction of the full one: no coordinate lost, duplicated or misplaced.
     """
-    from selenc.attacks.base import Matcher  # attacks import theory-free modules only; avoid a cycle at import
-
     moved = at_input(victim, batch, candidate)
     f = functional_update(victim, batch, cfg)
     g_c = f(candidate).detach()
@@ -198,8 +198,6 @@ def text_point(victim: Victim, batch: Batch, token_ids: list[list[int]]) -> torc
     """A text attack's output as a point of the continuous input space: the embedding offset that turns the batch's
     tokens into the recovered ones. None when a recovered sequence's length differs from the true one (the two
     inputs then live in different spaces and (B1) does not apply)."""
-    from selenc.attacks.text import frame
-
     table = victim.model.get_input_embeddings().weight.detach()
     head, tail = frame(victim.tokenizer)
     rows = []
@@ -282,225 +280,3 @@ def effective_rank(singular_values: torch.Tensor) -> float:
         return 0.0
     p = s[s > 0] / total
     return float(torch.exp(-(p * p.log()).sum()))
-
-
-# --- T2 and T4 from results tables (the theory stage's own trials or any sweep's) ----------------------------------
-def bound_summary(table: pd.DataFrame, tolerance: float) -> dict:
-    """T2: (B1) points checked (finished trials with something encrypted and a comparable output), violations beyond
-    `tolerance`, and the median tightness bound / error."""
-    rows = table[(table.status == "ok") & (table.k > 0) & table.b1_error.notna()]
-    bound_, error = rows.b1_bound.astype(float), rows.b1_error.astype(float)
-    violated = bound_ > error * (1 + tolerance) + 1e-12
-    tight = (bound_ / error)[error > 0]
-    return {
-        "checked": len(rows),
-        "violations": int(violated.sum()),
-        "tightness_median": float(tight.median()) if len(tight) else float("nan"),
-    }
-
-
-def phi_cells(table: pd.DataFrame, success: str) -> pd.DataFrame:
-    """Mean φ(S) and mean attack success per (attack, metric, ratio) cell of the mask-aware, own-mask trials.
-
-    ρ = 0 and ρ = 1 are one cell each whatever the metric (the mask does not depend on it there)."""
-    ok = table[(table.status == "ok") & (table.threat_model == "mask_aware") & (table.mask_source == "own")].copy()
-    ok[success] = ok[success].astype(float).clip(upper=100.0)  # PSNR of an exact copy is inf
-    ok["metric"] = np.where(ok.ratio == 0, "none", np.where(ok.ratio == 1, "all", ok.metric))
-    return ok.groupby(["attack", "metric", "ratio"], as_index=False).agg(
-        phi=("phi", "mean"), success=(success, "mean"), trials=("phi", "size")
-    )
-
-
-def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
-    """T4 per attack: Spearman correlation between a cell's φ(S) and its attack success (expected negative)."""
-    cells = phi_cells(table, success)
-    return {attack: spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
-
-
-# --- the theory stage: T1-T5 on the cases of params.theory --------------------------------------------------------
-def case_params(params: Params, case: TheoryCase) -> Params:
-    """params with `case` as its architecture's sweep grid (mask-aware, own masks), the case's attack length, and the
-    theory's L_S grid: the theory stage's trials are ordinary sweep trials with these settings."""
-    grid = SweepArch(
-        metrics=case.metrics,
-        ratios=case.ratios,
-        attacks=[case.attack],
-        threat_models=["mask_aware"],
-        mask_sources=["own"],
-        trials=case.trials,
-    )
-    attacks = params.attacks
-    attack_cfg = getattr(attacks, case.attack, None)
-    if attack_cfg is not None:  # token_leakage is analytic: nothing to shorten
-        attacks = attacks.model_copy(update={case.attack: attack_cfg.model_copy(update={"steps": case.steps})})
-    sweep = params.sweep.model_copy(
-        update={case.arch: grid, "bound_grid": params.theory.grid, "bound_iters": params.theory.power_iters}
-    )
-    return params.model_copy(update={"attacks": attacks, "sweep": sweep})
-
-
-def _first_batch(victim: Victim, params: Params, arch: str) -> Batch:
-    from selenc.sweep import _batch
-
-    return _batch(victim, getattr(params.models, arch).dataset, list(range(params.update.batch_size)))
-
-
-def case_masks(view: ClientView, case: TheoryCase) -> dict[tuple[str, float], torch.Tensor]:
-    """The encrypted set of every (metric, ratio) of the case for the client's first batch (ratio 0: empty)."""
-    from selenc.selection import top_k_mask
-    from selenc.significance import scores
-
-    out = {}
-    for metric in case.metrics:
-        s = scores(metric, view)
-        for ratio in case.ratios:
-            out[(metric, float(ratio))] = top_k_mask(s, ratio)
-    return out
-
-
-def identity_table(view: ClientView, masks: dict, samples: int) -> pd.DataFrame:
-    """T1 in float64 on `samples` far-field candidates per mask (the attack's own random starts)."""
-    from selenc.attacks.base import PublicInfo
-    from selenc.gradients import FlatLayout, client_update
-    from selenc.significance import far_field
-
-    victim, batch = float64(view.victim, view.batch)
-    update = client_update(victim, batch, view.update_cfg)
-    info = PublicInfo(victim.arch, len(batch), victim.num_classes, victim.input_shape, view.update_cfg)
-    x = continuous_input(victim, batch)
-    view64 = ClientView(victim, batch, update, view.update_cfg, view.cfg, view.seed)
-    gen = view.generator("identity")
-    rows = []
-    for (metric, ratio), mask in masks.items():
-        observed = ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), info.as_metadata())
-        for j in range(samples):
-            candidate = far_field(view64, x, gen).double()  # images: pixels; text: an embedding offset
-            err = identity_error(victim, batch, view.update_cfg, observed, update, candidate)
-            rows.append({"metric": metric, "ratio": ratio, "candidate": j} | err)
-    return pd.DataFrame(rows)
-
-
-def field_table(view: ClientView, samples: int, exact: bool, keep: int = 2000) -> tuple[pd.DataFrame, dict]:
-    """T3: far-field s vs |g|², near-field s vs ‖J_i‖² (exact Jacobian when `exact`), Spearman over all n
-    coordinates, plus `keep` random coordinates for a scatter plot."""
-    cfg = view.cfg.model_copy(update={"samples": samples})
-    big = ClientView(view.victim, view.batch, view.update, view.update_cfg, cfg, view.seed)
-    g2 = view.update.square()
-    s_far, s_near = significance(big, "far"), significance(big, "near")
-    j2 = row_norms(view.victim, view.batch, view.update_cfg, exact=exact, samples=samples, seed=view.seed)
-    corr = {"far": _informative_spearman(s_far, g2), "near": _informative_spearman(s_near, j2)}
-    pick = torch.randperm(g2.numel(), generator=torch.Generator().manual_seed(view.seed))[:keep]
-    frame = pd.DataFrame(
-        {
-            name: t.detach().cpu()[pick].double().numpy()
-            for name, t in {"g2": g2, "s_far": s_far, "s_near": s_near, "j2": j2}.items()
-        }
-    )
-    return frame, corr
-
-
-def _informative_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman over the coordinates where a or b is non-zero: coordinates that are exactly 0 in both (a text model's
-    embedding rows of absent tokens, dead ReLU units) are one giant tie that would inflate the correlation."""
-    keep = (a != 0) | (b != 0)
-    return spearman(a[keep].cpu(), b[keep].cpu())
-
-
-def rank_table(view: ClientView, masks: dict, rank: int) -> pd.DataFrame:
-    """T5: effective rank of J_V for every (metric, ratio) mask, from one randomized sketch of J."""
-    sketch = Sketch(view.victim, view.batch, view.update_cfg, rank, view.seed)
-    d = continuous_input(view.victim, view.batch).numel()
-    rows = [
-        {
-            "metric": m,
-            "ratio": r,
-            "effective_rank": effective_rank(sketch.singular_values(~mask)),
-            "sketch": rank,
-            "input_dim": d,
-        }
-        for (m, r), mask in masks.items()
-    ]
-    return pd.DataFrame(rows)
-
-
-def run(params: Params, out_dir: Path, cache_dir: Path | None = None) -> dict:
-    """Run every case and write out_dir/{trials,identity,fields,ranks}.csv; return the metrics of theory.json."""
-    from selenc.gradients import client_update
-    from selenc.models import build_victim
-    from selenc.plots import success_column
-    from selenc.sweep import CACHE_DIR, run_sweep
-
-    th = params.theory
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables, identity, fields, ranks, per_case = [], [], [], [], {}
-    for case in th.cases:
-        label = f"{case.arch}/{case.attack}"
-        cp = case_params(params, case)
-        victim = build_victim(case.arch, cp)
-        table = run_sweep(cp, case.arch, cache_dir=cache_dir or CACHE_DIR, victim=victim)
-        tables.append(table.assign(case=label))
-        batch = _first_batch(victim, cp, case.arch)
-        seed = derive_seed(params.study.seed, "theory", case.arch)
-        view = ClientView(victim, batch, client_update(victim, batch, cp.update), cp.update, cp.significance, seed)
-        masks = case_masks(view, case)
-        print(f"theory {label}: T1 identity, T3 fields" + (", T5 effective rank" if case.effective_rank else ""))
-        identity.append(identity_table(view, masks, th.samples).assign(case=label))
-        frame, corr = field_table(view, th.samples, exact=case.effective_rank)
-        fields.append(frame.assign(case=label))
-        if case.effective_rank:
-            ranks.append(rank_table(view, masks, th.svd_rank).assign(case=label))
-        col, _ = success_column(case.arch)
-        per_case[label] = {
-            "t2": bound_summary(table, th.tolerance),
-            "t3_far_spearman": corr["far"],
-            "t3_near_spearman": corr["near"],
-            "t4_spearman": phi_spearman(table, col)[case.attack],
-        }
-    trials, identity_df = pd.concat(tables, ignore_index=True), pd.concat(identity, ignore_index=True)
-    trials.to_csv(out_dir / "trials.csv", index=False)
-    identity_df.to_csv(out_dir / "identity.csv", index=False)
-    pd.concat(fields, ignore_index=True).to_csv(out_dir / "fields.csv", index=False)
-    rank_df = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame(columns=["metric", "ratio", "case"])
-    rank_df.to_csv(out_dir / "ranks.csv", index=False)
-    t2 = bound_summary(trials, th.tolerance)
-    metrics = {
-        "t1_max_rel_err": float(identity_df.rel_err.max()),
-        "t2_checked": t2["checked"],
-        "t2_violations": t2["violations"],
-        "t2_tightness_median": t2["tightness_median"],
-        "t3_far_spearman": float(np.nanmean([c["t3_far_spearman"] for c in per_case.values()])),
-        "t3_near_spearman": float(np.nanmean([c["t3_near_spearman"] for c in per_case.values()])),
-        "t4_spearman": float(np.nanmean([c["t4_spearman"] for c in per_case.values()])),
-        "cases": per_case,
-    }
-    if len(rank_df):
-        metrics["t5_effective_rank"] = {
-            f"{case}|{metric}": {f"r{r:g}": round(v, 2) for r, v in zip(g.ratio, g.effective_rank, strict=True)}
-            for (case, metric), g in rank_df.groupby(["case", "metric"])
-        }
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    from selenc.config import load_params
-    from selenc.data import REPO_ROOT
-
-    parser = argparse.ArgumentParser(prog="python -m selenc.theory", description="T1-T5 of theory.md on real attacks.")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--reports", type=Path, default=REPO_ROOT / "reports")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    metrics = run(params, args.reports / "theory")
-    (args.reports / "metrics").mkdir(parents=True, exist_ok=True)
-    (args.reports / "metrics" / "theory.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("t") and not isinstance(v, dict)}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from selenc import data
-from selenc.attacks.base import Matcher, observe_client, public_info
+from selenc.attacks.base import Matcher
 from selenc.attacks.image import ATTACKS, random_images, recover_labels
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
-from selenc.selection import ObservedUpdate, top_k_mask
+from selenc.observed import ObservedUpdate, observe_client
+from selenc.selection import top_k_mask
 from tests.conftest import with_changes
 
 TINY = {"attacks.dlg.steps": 4, "attacks.idlg.steps": 4, "attacks.ig.steps": 4, "attacks.ig.restarts": 2}
@@ -105,7 +106,7 @@ def test_batch_label_heuristic(victims, raw, arch, kind):
     for idx in (distinct4, distinct8, repeats):
         batch = batch_of(victim, idx)
         observed = observe_client(victim, batch, update)
-        assert public_info(observed).batch_size == len(idx)
+        assert observed.public.batch_size == len(idx)
         got = recover_labels(observed, victim, seed=0)
         assert sorted(got.tolist()) == sorted(batch.labels.tolist())
 
@@ -118,9 +119,9 @@ def test_mask_aware_objective_ignores_hidden_values(victims, params):
     full = update.zero_filled()
     planted = full.clone()
     planted[mask] = SENTINEL
-    layout, meta = update.layout, update.metadata
+    layout, meta = update.layout, update.public
     a, b = ObservedUpdate.observe(full, mask, layout, meta), ObservedUpdate.observe(planted, mask, layout, meta)
-    dummy = Batch(random_images(public_info(a), 0, "test"), batch.labels)
+    dummy = Batch(random_images(a.public, 0, "test"), batch.labels)
     for objective in ("l2", "cosine"):
         la = getattr(Matcher(a, victim, "mask_aware"), objective)(dummy)
         lb = getattr(Matcher(b, victim, "mask_aware"), objective)(dummy)
@@ -154,7 +155,7 @@ def test_attacks_cannot_reach_hidden_values(victims, tiny, name):
     planted[mask] = SENTINEL
     observed = {}
     for key, values in (("zero", clean.zero_filled()), ("sentinel", planted)):
-        observed[key] = ObservedUpdate.observe(values, mask, clean.layout, clean.metadata)
+        observed[key] = ObservedUpdate.observe(values, mask, clean.layout, clean.public)
     assert not any((t == SENTINEL).any() for t in _tensors(observed["sentinel"]) if t.is_floating_point())
     for threat_model in ("mask_aware", "zero_fill"):
         a = run(name, observed["zero"], victim, tiny, threat_model)
@@ -171,7 +172,7 @@ def test_all_encrypted_returns_the_prior(victims, params, arch, name):
     observed = observe_client(victim, batch, params.update, torch.ones(victim.num_parameters(), dtype=torch.bool))
     assert Matcher(observed, victim, "mask_aware").blind
     result = run(name, observed, victim, params, seed=11)
-    prior = random_images(public_info(observed), 11, name, 0)
+    prior = random_images(observed.public, 11, name, 0)
     assert result.info["blind"] and result.losses == []
     assert torch.equal(result.images, prior)
     assert psnr(result.images, batch.inputs) == psnr(prior, batch.inputs) < 12.0
@@ -186,7 +187,7 @@ def test_no_signal_returns_the_prior(victims, params, tiny):
     batch = batch_of(victim, 1)
     observed = observe_client(victim, batch, params.update, torch.ones(victim.num_parameters(), dtype=torch.bool))
     ig = run("ig", observed, victim, params, "zero_fill", seed=2)
-    assert ig.info["blind"] and torch.equal(ig.images, random_images(public_info(observed), 2, "ig", 0))
+    assert ig.info["blind"] and torch.equal(ig.images, random_images(observed.public, 2, "ig", 0))
     dlg = run("dlg", observed, victim, tiny, "zero_fill", seed=2)
     assert not dlg.info["blind"] and dlg.losses
 

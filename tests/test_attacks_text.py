@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selenc import data
-from selenc.attacks.base import Matcher, observe_client, visible_rows
+from selenc.attacks.base import Matcher
 from selenc.attacks.text import (
     ATTACKS,
     Objective,
@@ -19,7 +19,7 @@ from selenc.attacks.text import (
 )
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import Batch
-from selenc.selection import ObservedUpdate
+from selenc.observed import ObservedUpdate, observe_client
 from tests.conftest import with_changes
 
 TEXT = ["bert", "gpt2"]
@@ -142,7 +142,7 @@ def test_length_labels_and_vocabulary_from_the_update(victims, params, arch):
     name, table = word_embedding(victim)
     for tm in ("mask_aware", "zero_fill"):
         values, seen = SeenRows(observed, tm)(name, table.shape)
-        ref_values, ref_seen = visible_rows(observed, name, tuple(table.shape))
+        ref_values, ref_seen = observed.rows(name, tuple(table.shape))
         assert torch.equal(values, ref_values) and torch.equal(seen, ref_seen)
 
 
@@ -275,7 +275,7 @@ def test_hidden_values_cannot_reach_the_attack(victims, tiny, arch, name):
     update = client_update(victim, batch, tiny.update)
     mask = torch.rand(update.numel(), generator=torch.Generator().manual_seed(2)) < 0.2
     layout = FlatLayout.of(victim.model)
-    meta = observe_client(victim, batch, tiny.update).metadata
+    meta = observe_client(victim, batch, tiny.update).public
     results = []
     for fill in (0.0, 1e3):
         changed = update.clone()

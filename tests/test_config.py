@@ -1,19 +1,25 @@
 """params.yaml validation: every bad input fails early with one line naming key, value and what is allowed."""
 
 import copy
+from pathlib import Path
 
 import pytest
 
 from selenc.config import (
     ARCH_MODALITY,
     ATTACK_MODALITY,
+    DATASET_MODALITY,
     METRICS,
+    SEAL_MAX_BITS,
     ConfigError,
     Params,
     derive_seed,
     load_params,
     parse_params,
 )
+from selenc.data import TARGET_POOL
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_repo_params_load(params):
@@ -62,7 +68,11 @@ BAD = [
     (
         "sweep.resnet",
         {},
-        ["sweep.resnet: unknown key", "allowed keys: workers, time_limit_s, bound_grid, bound_iters, lenet, cnn, bert"],
+        [
+            "sweep.resnet: unknown key",
+            "allowed keys: workers, executor, dask_address, dask_workers, batch_trials, time_limit_s, bound_grid, "
+            "bound_iters, lenet, cnn, bert, gpt2",
+        ],
     ),
     ("study.seed", "zero", ["study.seed:", "valid integer", "'zero'"]),
     ("study.seed", -1, ["study.seed:", "greater than or equal to 0", "-1"]),
@@ -111,6 +121,36 @@ BAD = [
     ("update.batch_size", 9, ["update.batch_size:", "less than or equal to 8", "9"]),
     ("update.kind", DELETE, ["update.kind: missing required key"]),
     ("study.device", "tpu", ["study.device:", "'auto', 'cpu' or 'cuda'", "'tpu'"]),
+    ("sweep.executor", "ray", ["sweep.executor:", "'local' or 'dask'", "'ray'"]),
+    ("sweep.executor", DELETE, ["sweep.executor: missing required key"]),
+    *[
+        (
+            "sweep.dask_address",
+            address,
+            [
+                "sweep.dask_address: not a dask scheduler address",
+                "allowed: tcp://host:port, tls://host:port, host:port or inproc://..., or null to start a LocalCluster",
+                f"(got {address!r})",
+            ],
+        )
+        for address in ("localhost", "http://10.0.0.5:8786", "tcp://10.0.0.5", "tcp://host:port", "")
+    ],
+    ("sweep.dask_address", 8786, ["sweep.dask_address:", "valid string", "8786"]),
+    ("sweep.dask_workers", -1, ["sweep.dask_workers:", "greater than or equal to 0", "-1"]),
+    ("sweep.batch_trials", 0, ["sweep.batch_trials:", "greater than 0", "got 0"]),
+    (
+        "guidelines.levels.strict.psnr_max",
+        -0.5,
+        [
+            "guidelines.levels.strict.psnr_max: can never be met: the PSNR of images in [0, 1] is never negative",
+            "allowed: >= 0 (got -0.5)",
+        ],
+    ),
+    (
+        "guidelines.levels.moderate.ssim_max",
+        -1.5,
+        ["guidelines.levels.moderate.ssim_max: can never be met: SSIM is never below -1; allowed: >= -1 (got -1.5)"],
+    ),
 ]
 
 
@@ -169,3 +209,106 @@ def test_paper_scale_params_are_valid_and_larger(params):
     paper = load_params(Path(__file__).resolve().parent.parent / "params-paper.yaml")
     assert paper.models.gpt2.n_embd == 768 and paper.attacks.ig.steps > params.attacks.ig.steps
     assert all(len(getattr(paper.sweep, a).ratios) > len(getattr(params.sweep, a).ratios) for a in ARCH_MODALITY)
+
+
+def test_dask_settings_and_boundary_privacy_bounds_are_accepted(raw):
+    for address in ("tcp://10.0.0.5:8786", "tls://scheduler.example.org:8786", "localhost:8786", "tcp://[::1]:8786"):
+        assert parse_params(_set(raw, "sweep.dask_address", address)).sweep.dask_address == address
+    assert parse_params(_set(raw, "sweep.dask_address", "inproc://10.0.0.5/1234/1")).sweep.dask_address
+    p = parse_params(
+        _set(_set(_set(raw, "sweep.executor", "dask"), "sweep.dask_address", None), "sweep.batch_trials", 4)
+    )
+    assert (p.sweep.executor, p.sweep.dask_address, p.sweep.batch_trials) == ("dask", None, 4)
+    level = parse_params(
+        _set(_set(raw, "guidelines.levels.strict.psnr_max", 0.0), "guidelines.levels.strict.ssim_max", -1)
+    )
+    assert (level.guidelines.levels["strict"].psnr_max, level.guidelines.levels["strict"].ssim_max) == (0.0, -1.0)
+
+
+# (poly_modulus_degree, modulus chain): at and just past SEAL's 128-bit budget of each ring dimension
+HE_CHAINS = [
+    (4096, [40, 20, 20, 29]),
+    (4096, [40, 20, 20, 30]),
+    (4096, [60, 40, 40, 60]),
+    (8192, [60, 40, 40, 60]),
+    (8192, [60, 40, 40, 40, 38]),
+    (8192, [60, 40, 40, 40, 39]),
+    (8192, [60, 40, 40, 40, 40, 60]),
+    (16384, [60, *[40] * 8, 58]),
+    (16384, [60, *[40] * 8, 59]),
+    (32768, [60] * 14 + [41]),
+    (32768, [60] * 14 + [42]),
+]
+
+
+@pytest.mark.parametrize(("n", "chain"), HE_CHAINS, ids=[f"N={n}-{sum(c)}bits" for n, c in HE_CHAINS])
+def test_he_chain_is_accepted_exactly_when_tenseal_accepts_it(raw, n, chain):
+    import tenseal
+
+    raw["he"].update(poly_modulus_degree=n, coeff_mod_bit_sizes=chain, scale_bits=chain[1])
+    try:
+        tenseal.context(tenseal.SCHEME_TYPE.CKKS, n, coeff_mod_bit_sizes=chain)
+        seal_accepts = True
+    except ValueError:
+        seal_accepts = False
+    try:
+        parse_params(raw)
+        config_accepts = True
+    except ConfigError as exc:
+        config_accepts = False
+        assert str(exc) == (
+            f"params: he.coeff_mod_bit_sizes: the modulus chain {chain} has {sum(chain)} bits; SEAL allows at most "
+            f"{SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): use fewer or smaller primes or "
+            "a larger poly_modulus_degree"
+        )
+    assert config_accepts == seal_accepts
+
+
+def test_duplicate_yaml_keys_name_their_line_and_section(tmp_path):
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    cases = [  # (insert after the first line starting with this; None: at the end, the line, the message)
+        ("  seed: 0 ", "  seed: 1", "duplicate key 'seed' in study"),
+        ("    trials: 2", "    trials: 5", "duplicate key 'trials' in sweep.lenet"),  # the first trials: sweep.lenet
+        ("      steps: 300", "      steps: 10", "duplicate key 'steps' in theory.cases.0"),
+        (None, "study: {}", "duplicate key 'study' at the top level"),
+    ]
+    for anchor, extra, expected in cases:
+        index = len(lines) - 1 if anchor is None else next(i for i, ln in enumerate(lines) if ln.startswith(anchor))
+        path = tmp_path / "dup.yaml"
+        path.write_text("\n".join([*lines[: index + 1], extra, *lines[index + 1 :]]) + "\n")
+        with pytest.raises(ConfigError) as info:
+            load_params(path)
+        assert str(info.value) == f"{path}: line {index + 2}: {expected}; each key may appear once"
+
+
+def _set_pool(raw: dict, batch: int, **trials: int) -> dict:
+    raw["update"]["batch_size"] = batch
+    for where, n in trials.items():
+        if where.startswith("case"):
+            raw["theory"]["cases"][int(where[4:])]["trials"] = n
+        else:
+            raw["sweep"][where]["trials"] = n
+    return raw
+
+
+def test_trials_times_batch_must_fit_the_target_pool(raw):
+    assert set(TARGET_POOL) == set(DATASET_MODALITY)
+    small = {"lenet": 1, "cnn": 1, "bert": 1, "gpt2": 1, "case0": 1, "case1": 1}
+    full = {**small, "lenet": 10, "cnn": 10, "bert": 20, "case1": 20}  # exactly the pools at batch size 2
+    parse_params(_set_pool(copy.deepcopy(raw), 2, **full))
+    bad = [  # (trials changed, key path, samples, dataset) at batch size 2; case 0 is lenet, case 1 gpt2
+        ({"lenet": 11}, "sweep.lenet", 11, "cifar10"),
+        ({"bert": 21}, "sweep.bert", 21, "rotten_tomatoes"),
+        ({"case0": 11}, "theory.cases.0", 11, "cifar10"),
+        ({"case1": 21}, "theory.cases.1", 21, "rotten_tomatoes"),
+    ]
+    for change, where, trials, dataset in bad:
+        with pytest.raises(ConfigError) as info:
+            parse_params(_set_pool(copy.deepcopy(raw), 2, **{**small, **change}))
+        assert str(info.value) == (
+            f"params: {where}.trials: {trials} trials x update.batch_size 2 = {2 * trials} samples, but the {dataset} "
+            f"target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
+        )
+    raw["models"]["cnn"]["dataset"] = "mnist"
+    with pytest.raises(ConfigError, match=r"^params: sweep\.cnn\.trials: 7 trials x .* = 21 samples, but the mnist "):
+        parse_params(_set_pool(raw, 3, **{**small, "cnn": 7}))

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,95 @@ def test_selenc_turns_the_hub_offline_by_itself():
     code = "import selenc.models, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "True"
+
+
+# --- the manifest check on load ----------------------------------------------------------------------------------
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(the real data/, a copy of it that the loaders read through SELENC_DATA_DIR)."""
+    source = data.data_dir()
+    copy = tmp_path / "data"
+    shutil.copytree(source, copy)  # keeps the mtimes: a later write always changes a file's (size, mtime)
+    monkeypatch.setenv("SELENC_DATA_DIR", str(copy))
+    return source, copy
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(data.DataError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_changed_pixel_is_refused_and_the_restored_file_loads_again(data_copy):
+    source, copy = data_copy
+    rel = "cifar10_test20/images.npy"
+    original = data.target_images("cifar10")  # the untouched copy loads (and its hash is now cached)
+    assert np.array_equal(original.images, np.load(source / rel))
+    _flip_byte(copy / rel, -1)  # the last pixel; the .npy header stays valid
+    message = _one_line_error(lambda: data.target_images("cifar10"))
+    assert str(copy / rel) in message and "does not match its sha256 in manifest.json" in message
+    assert "the data changed after the build" in message and "make data" in message
+    shutil.copy2(source / rel, copy / rel)
+    assert np.array_equal(data.target_images("cifar10").images, original.images)
+
+
+def test_a_changed_label_byte_is_refused(data_copy):
+    _, copy = data_copy
+    labels = copy / "cifar10_test20/labels.npy"
+    _flip_byte(labels, -20 * 8)  # low byte of the first int64 label: class 3 would load as 252
+    assert np.load(labels)[0] == 252
+    message = _one_line_error(lambda: data.target_images("cifar10"))
+    assert str(labels) in message and "make data" in message
+
+
+def test_the_tokenizer_checks_merges_as_well_as_vocab(data_copy):
+    _, copy = data_copy
+    _flip_byte(copy / "gpt2_tokenizer/merges.txt", -2)
+    assert str(copy / "gpt2_tokenizer/merges.txt") in _one_line_error(data.gpt2_tokenizer_dir)
+
+
+def test_unlisted_file_and_missing_manifest_tell_how_to_rebuild(data_copy):
+    _, copy = data_copy
+    manifest_path = copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "rotten_tomatoes/sentences.jsonl"]
+    manifest_path.write_text(json.dumps(manifest))
+    message = _one_line_error(data.target_sentences)
+    assert f"{copy / 'rotten_tomatoes/sentences.jsonl'} is not listed in manifest.json" in message
+    assert "make data" in message
+    manifest_path.unlink()
+    message = _one_line_error(lambda: data.target_images("mnist"))
+    assert f"{manifest_path} is missing or unreadable" in message and "make data" in message
+
+
+def test_data_fingerprint_follows_the_manifest_hashes_only(data_copy, monkeypatch):
+    source, copy = data_copy
+    before = data.data_fingerprint()
+    assert len(before) == 64 and data.data_fingerprint() == before
+    manifest_path = copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][0]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")  # same size as the original
+    assert data.data_fingerprint() != before
+    manifest["files"][0]["sha256"] = json.loads((source / "manifest.json").read_text())["files"][0]["sha256"]
+    manifest["files"][0]["source_files"] = "elsewhere"
+    manifest["files"].reverse()
+    manifest_path.write_text(json.dumps(manifest))
+    assert data.data_fingerprint() == before  # other fields, the order and the formatting do not count ...
+    monkeypatch.setenv("SELENC_DATA_DIR", str(source))
+    assert data.data_fingerprint() == before  # ... nor does the folder
+
+
+def test_target_pool_is_the_number_of_attack_targets():
+    assert set(data.TARGET_POOL) == {*data.IMAGE_TARGETS, "rotten_tomatoes"}
+    for dataset in data.IMAGE_TARGETS:
+        assert len(data.target_images(dataset)) == data.TARGET_POOL[dataset]
+    assert len(data.target_sentences()) == data.TARGET_POOL["rotten_tomatoes"]

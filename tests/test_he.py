@@ -10,7 +10,8 @@ import torch
 from selenc import data, he
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import build_victim
-from selenc.selection import ObservedUpdate, budget, shared_scores, top_k_mask
+from selenc.observed import ObservedUpdate, public_info
+from selenc.selection import budget, shared_scores, top_k_mask
 from tests.conftest import with_changes
 
 SLOTS = 4096  # params.yaml: poly_modulus_degree 8192
@@ -156,21 +157,22 @@ def test_another_key_cannot_read_the_ciphertexts(params, client, updates):
     assert (stranger[mask] - update[mask]).abs().max().item() > 1.0  # garbage, not the update
 
 
-def test_observed_view_holds_visible_values_only(lenet, client, updates):
+def test_observed_view_holds_visible_values_only(params, lenet, client, updates):
     update = updates[0]
     layout = FlatLayout.of(lenet.model)
     mask = top_k_mask(update.abs(), 0.2)
     enc = client.encrypt(update, mask)
-    seen = enc.observed(layout, {"arch": "lenet"})
-    reference = ObservedUpdate.observe(update, mask, layout, {"arch": "lenet"})
+    public = public_info(lenet, 1, params.update)
+    seen = enc.observed(layout, public)
+    reference = ObservedUpdate.observe(update, mask, layout, public)
     assert isinstance(seen, ObservedUpdate)
     assert torch.equal(seen.visible, reference.visible) and torch.equal(seen.mask, reference.mask)
     assert seen.visible.numel() == update.numel() - int(mask.sum())
-    assert seen.metadata == {"arch": "lenet"}
-    assert {f.name for f in dataclasses.fields(seen)} == {"visible", "mask", "layout", "metadata"}
-    assert not any(isinstance(v, bytes) for v in seen.metadata.values())  # no ciphertext smuggled in
+    assert seen.public == public
+    assert {f.name for f in dataclasses.fields(seen)} == {"visible", "mask", "layout", "public"}
+    assert not any(isinstance(v, bytes) for v in dataclasses.asdict(seen.public).values())  # no ciphertext inside
     with pytest.raises(he.HEError, match="layout has n="):
-        enc.observed(FlatLayout(("w",), ((10,),), (0, 10)))
+        enc.observed(FlatLayout(("w",), ((10,),), (0, 10)), public)
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

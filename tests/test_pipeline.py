@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from selenc.sweep import COLUMNS
+from selenc.results import COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from selenc.gradients import FlatLayout
-from selenc.selection import ObservedUpdate, budget, normalise, shared_scores, top_k_mask
+from selenc.observed import ObservedUpdate, public_info
+from selenc.selection import budget, normalise, shared_scores, top_k_mask
 
 
 @pytest.mark.parametrize(
@@ -72,12 +73,17 @@ def lenet_layout(victims):
     return FlatLayout.of(victims["lenet"].model)
 
 
-def test_observed_update_holds_only_the_visible_values(lenet_layout):
+@pytest.fixture
+def public(victims, params):
+    return public_info(victims["lenet"], 1, params.update)
+
+
+def test_observed_update_holds_only_the_visible_values(lenet_layout, public):
     n = lenet_layout.n
     update = torch.randn(n, generator=torch.Generator().manual_seed(1))
     mask = top_k_mask(update.abs(), 0.2)
     update[mask] = 12345.0  # a sentinel: the hidden values must appear nowhere in the observed view
-    observed = ObservedUpdate.observe(update, mask, lenet_layout, {"arch": "lenet", "batch_size": 1})
+    observed = ObservedUpdate.observe(update, mask, lenet_layout, public)
     assert observed.visible.numel() == n - int(mask.sum())
     assert torch.equal(observed.visible, update[~mask])
     for f in dataclasses.fields(observed):
@@ -91,12 +97,12 @@ def test_observed_update_holds_only_the_visible_values(lenet_layout):
     assert observed.visible.abs().sum() > 0
 
 
-def test_observed_update_rejects_mismatched_inputs(lenet_layout):
+def test_observed_update_rejects_mismatched_inputs(lenet_layout, public):
     n = lenet_layout.n
     with pytest.raises(ValueError, match=f"flat vector of {n} values"):
-        ObservedUpdate.observe(torch.zeros(n - 1), torch.zeros(n - 1, dtype=torch.bool), lenet_layout)
+        ObservedUpdate.observe(torch.zeros(n - 1), torch.zeros(n - 1, dtype=torch.bool), lenet_layout, public)
     with pytest.raises(ValueError, match="mask must be a bool vector"):
-        ObservedUpdate.observe(torch.zeros(n), torch.zeros(n), lenet_layout)
+        ObservedUpdate.observe(torch.zeros(n), torch.zeros(n), lenet_layout, public)
 
 
 def test_own_and_shared_masks_from_real_clients(victims, params):

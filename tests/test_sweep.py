@@ -1,14 +1,23 @@
-"""The sweep engine: grid, cache, resume, determinism, failure capture (tiny real grids on LeNet)."""
+"""The sweep engine: grid, cache, resume, determinism, failing loudly, executors (tiny real grids on LeNet)."""
 
 import json
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from selenc.sweep import COLUMNS, expand, run_sweep, trial_key
-from tests.conftest import with_changes
+from selenc import cache, data
+from selenc.grid import expand
+from selenc.results import COLUMNS
+from selenc.sweep import SweepFailed, run_sweep, trial_key
+from tests.conftest import REPO, with_changes
 
 TINY = {
     "sweep.workers": 2,
@@ -31,6 +40,10 @@ def tiny(raw):
     return with_changes(raw, **TINY)
 
 
+def entries(root: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in (root / "trials" / "lenet").glob("*.json")}
+
+
 def test_grid_expansion_and_shared_ratio_endpoints(tiny):
     trials = expand(tiny, "lenet")
     assert len(trials) == 2 * 2 * 2  # metrics x ratios x trials
@@ -42,7 +55,7 @@ def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     table = run_sweep(tiny, "lenet", cache_dir=tmp_path / "a", progress=False)
     assert list(table.columns) == list(COLUMNS)
     assert len(table) == 8 and (table.status == "ok").all(), table.error.tolist()
-    assert table.psnr.notna().all() and table.phi.between(0, 1).all()
+    assert (table.device == "cpu").all() and table.psnr.notna().all() and table.phi.between(0, 1).all()
     half = table[table.ratio == 0.5]
     assert (half.k == -(-half.n // 2)).all() and (table[table.ratio == 0].phi == 0).all()
     assert (table[table.ratio == 0].he_ciphertexts == 0).all()
@@ -50,61 +63,183 @@ def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     assert (half.b1_bound <= half.b1_error).all() and not half.b1_violated.astype(bool).any()
     assert (table[table.ratio == 0].b1_bound == 0).all()
     assert (half.he_ciphertexts == -(-half.k // 4096)).all() and (half.he_bytes > 4 * half.n).all()
-    files = sorted((tmp_path / "a" / "lenet").glob("*.json"))
-    stamps = [f.stat().st_mtime_ns for f in files]
+    stamps = entries(tmp_path / "a")
+    assert len(stamps) == 6
     again = run_sweep(tiny, "lenet", cache_dir=tmp_path / "a", progress=False)
-    assert [f.stat().st_mtime_ns for f in files] == stamps  # nothing recomputed
+    assert entries(tmp_path / "a") == stamps  # nothing recomputed
     pd.testing.assert_frame_equal(again, table)
-    fresh = run_sweep(tiny, "lenet", cache_dir=tmp_path / "b", progress=False)  # same params, from scratch
+    one = with_changes(tiny.model_dump(), **{"sweep.workers": 1, "sweep.batch_trials": 3})
+    fresh = run_sweep(one, "lenet", cache_dir=tmp_path / "b", progress=False)  # one worker, tasks of 3 trials
     pd.testing.assert_frame_equal(fresh.drop(columns=VARYING), table.drop(columns=VARYING))
 
 
-def _run(params, cache):
-    run_sweep(params, "lenet", cache_dir=cache, progress=False)
+def _run(params, cache_root):
+    run_sweep(params, "lenet", cache_dir=cache_root, progress=False)
 
 
 def test_killed_sweep_resumes_without_recomputing(raw, tmp_path):
     params = with_changes(raw, **(TINY | {"sweep.workers": 1, "attacks.dlg.steps": 30}))
-    cache = tmp_path / "c"
-    proc = multiprocessing.get_context("fork").Process(target=_run, args=(params, cache))
+    root = tmp_path / "c"
+    proc = multiprocessing.get_context("spawn").Process(target=_run, args=(params, root))
     proc.start()
-    folder = cache / "lenet"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(folder.glob("*.json"))) < 2:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(entries(root)) < 2:
         time.sleep(0.05)
     proc.kill()
     proc.join()
-    done = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.json")}
+    done = entries(root)
     assert 2 <= len(done) < 6, "the sweep should have been killed mid-way"
-    resumed = run_sweep(params, "lenet", cache_dir=cache, progress=False)
-    assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.json") if f.name in done} == done
+    resumed = run_sweep(params, "lenet", cache_dir=root, progress=False)
+    assert {k: v for k, v in entries(root).items() if k in done} == done
     whole = run_sweep(params, "lenet", cache_dir=tmp_path / "d", progress=False)
     pd.testing.assert_frame_equal(resumed.drop(columns=VARYING), whole.drop(columns=VARYING))
 
 
-def test_timeouts_and_errors_become_rows(raw, tmp_path):
+def test_timeouts_fail_the_sweep_and_are_never_cached(raw, tmp_path):
     slow = with_changes(raw, **(TINY | {"sweep.time_limit_s": 0.5, "attacks.dlg.steps": 100_000}))
-    table = run_sweep(slow, "lenet", cache_dir=tmp_path / "t", progress=False)
-    assert (table.status == "timeout").all() and table.error.str.contains("time limit").all()
-
-    from selenc.models import build_victim
-    from selenc.sweep import he_cost
-
-    params = with_changes(raw, **TINY)
-    (tmp_path / "e" / "lenet").mkdir(parents=True)
-    for ratio in (0.0, 0.5):  # HE costs are measured by the parent with the right model
-        he_cost(params, "lenet", ratio, lambda: build_victim("lenet", params), tmp_path / "e" / "lenet")
-    wrong = build_victim("lenet", with_changes(raw, **(TINY | {"models.lenet.dataset": "mnist"})))  # 1 channel
-    broken = run_sweep(params, "lenet", cache_dir=tmp_path / "e", victim=wrong, progress=False)
-    assert (broken.status == "error").all()
-    assert broken.error.str.contains("cannot turn 3-channel images into 1 channels").all()
-    assert broken.psnr.isna().all()
-    cached = json.loads(next((tmp_path / "e" / "lenet").glob("[!h]*.json")).read_text())
-    assert cached["status"] == "error"
+    with pytest.raises(SweepFailed, match=r"6 of 6 trials did not finish\n  6 x timeout: trial exceeded the 0 s"):
+        run_sweep(slow, "lenet", cache_dir=tmp_path, progress=False)
+    assert entries(tmp_path) == {}
+    table = run_sweep(slow, "lenet", cache_dir=tmp_path, progress=False, allow_errors=True)
+    assert (table.status == "timeout").all() and table.psnr.isna().all() and entries(tmp_path) == {}
+    fixed = with_changes(raw, **TINY)  # a longer limit recomputes: the timeouts were not replayed
+    assert (run_sweep(fixed, "lenet", cache_dir=tmp_path, progress=False).status == "ok").all()
 
 
-def test_too_many_trials_for_the_pool_is_refused(raw, tmp_path):
-    grid = TINY["sweep.lenet"] | {"trials": 11}
-    params = with_changes(raw, **(TINY | {"sweep.lenet": grid, "update.batch_size": 2}))
-    with pytest.raises(ValueError, match="22 samples, but the target pool has only 20"):
-        run_sweep(params, "lenet", cache_dir=tmp_path, progress=False)
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    copy = tmp_path / "data"
+    shutil.copytree(data.data_dir(), copy)
+    monkeypatch.setenv("SELENC_DATA_DIR", str(copy))  # inherited by the spawned workers
+    return copy
+
+
+def test_bad_data_fails_every_trial_and_is_not_replayed_once_fixed(tiny, tmp_path, data_copy):
+    images = data_copy / "cifar10_test20" / "images.npy"
+    original = images.read_bytes()
+    flipped = bytearray(original)
+    flipped[-1] ^= 0xFF
+    images.write_bytes(bytes(flipped))
+    with pytest.raises(SweepFailed) as failed:
+        run_sweep(tiny, "lenet", cache_dir=tmp_path / "cache", progress=False)
+    lines = str(failed.value).splitlines()
+    assert lines[0] == "sweep lenet: 6 of 6 trials did not finish" and len(lines) == 2
+    assert "6 x error: DataError" in lines[1] and "images.npy" in lines[1] and "make data" in lines[1]
+    assert entries(tmp_path / "cache") == {}
+    images.write_bytes(original)
+    assert (run_sweep(tiny, "lenet", cache_dir=tmp_path / "cache", progress=False).status == "ok").all()
+
+
+def test_unreadable_cache_entries_are_recomputed_with_a_warning(tiny, tmp_path):
+    table = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
+    folder = tmp_path / "trials" / "lenet"
+    truncated, foreign = sorted(folder.glob("*.json"))[:2]
+    truncated.write_text(truncated.read_text()[:40])
+    foreign.write_text(json.dumps(json.loads(foreign.read_text()) | {"psnr": "high"}))  # not the row schema
+    with pytest.warns(UserWarning, match="unreadable cache entry") as caught:
+        again = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
+    assert {Path(str(w.message).split()[4]).name for w in caught} == {truncated.name, foreign.name}
+    assert json.loads(truncated.read_text())["status"] == "ok" and json.loads(foreign.read_text())["psnr"] != "high"
+    pd.testing.assert_frame_equal(again.drop(columns=VARYING), table.drop(columns=VARYING))
+
+
+def test_cache_key_follows_data_params_and_trial_source_only(tiny, tmp_path, data_copy):
+    trial = expand(tiny, "lenet")[-1]
+    key = trial_key(trial, tiny)
+    assert trial_key(trial, tiny.model_copy(update={"he": tiny.he.model_copy(update={"threads": 1})})) == key
+    changed = tiny.model_copy(update={"study": tiny.study.model_copy(update={"seed": 1})})
+    assert trial_key(trial, changed) != key
+    manifest = json.loads((data_copy / "manifest.json").read_text())
+    manifest["files"][0]["sha256"] = "0" * 64  # the data's content as the manifest pins it
+    (data_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert trial_key(trial, tiny) != key
+
+
+def test_trial_fingerprint_covers_exactly_what_a_trial_imports():
+    code = "import sys, selenc.trial; print(sorted(m for m in sys.modules if m.split('.')[0] == 'selenc'))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert cache.module_closure("selenc.trial") == json.loads(loaded.stdout.replace("'", '"'))
+    assert not {"selenc.plots", "selenc.sweep", "selenc.he", "selenc.cache"} & set(cache.module_closure("selenc.trial"))
+    assert "selenc.he" in cache.module_closure("selenc.cost")
+
+
+def test_modules_form_layers_without_import_cycles():
+    modules = {
+        ".".join(("selenc", *p.relative_to(cache.PACKAGE_DIR).with_suffix("").parts)).removesuffix(".__init__")
+        for p in cache.PACKAGE_DIR.rglob("*.py")
+    }
+    graph = {m: cache._imports(m, cache._module_file(m)) - {m} for m in modules}
+    graph = {m: {d for d in deps if d != m.rpartition(".")[0] or m == "selenc"} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join([*path, m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if d != "selenc":  # the package's __init__ imports nothing of its own
+                visit(d, [*path, m])
+        state[m] = 2
+
+    for m in sorted(modules):
+        visit(m, [])
+
+
+def test_dask_executor_table_equals_the_local_one(tiny, tmp_path):
+    local = run_sweep(tiny, "lenet", cache_dir=tmp_path / "local", progress=False)
+    on_dask = with_changes(tiny.model_dump(), **{"sweep.executor": "dask", "sweep.dask_workers": 2})
+    table = run_sweep(on_dask, "lenet", cache_dir=tmp_path / "dask", progress=False)
+    pd.testing.assert_frame_equal(table.drop(columns=VARYING), local.drop(columns=VARYING))
+    stamps = entries(tmp_path / "dask")  # the same cache resumes on the other executor: nothing to recompute
+    assert len(stamps) == 6
+    run_sweep(tiny, "lenet", cache_dir=tmp_path / "dask", progress=False)
+    assert entries(tmp_path / "dask") == stamps
+
+
+def test_dask_executor_times_out_overdue_tasks(raw, tmp_path):
+    slow = {"sweep.time_limit_s": 0.5, "attacks.dlg.steps": 100_000, "sweep.executor": "dask", "sweep.dask_workers": 2}
+    params = with_changes(raw, **(TINY | slow | {"sweep.batch_trials": 2}))
+    table = run_sweep(params, "lenet", cache_dir=tmp_path, progress=False, allow_errors=True)
+    assert (table.status == "timeout").all() and table.error.str.contains("task of 2 trials exceeded").all()
+    assert entries(tmp_path) == {}
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_config_error_is_one_line_on_stderr(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text((REPO / "params.yaml").read_text().replace("seed: 0 ", "seed: -1 ", 1))
+    for module in ("selenc.sweep", "selenc.theory_check"):
+        args = ["--params", str(bad), "--reports", str(tmp_path / "reports")]
+        out = _cli(module, *(["--arch", "lenet"] if module == "selenc.sweep" else []), *args)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip().splitlines() == [
+            f"error: {bad}: study.seed: Input should be greater than or equal to 0 (got -1)"
+        ]
+
+
+def test_cli_sweep_with_failed_trials_writes_no_table(raw, tmp_path):
+    changes = TINY | {"sweep.time_limit_s": 0.5, "attacks.dlg.steps": 100_000}
+    params = json.loads(with_changes(raw, **changes).model_dump_json())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    reports = tmp_path / "reports"
+    (reports / "results").mkdir(parents=True)
+    (reports / "results" / "lenet.csv").write_text("an older table\n")
+    env_run = subprocess.run(
+        [sys.executable, "-m", "selenc.sweep", "--arch", "lenet", "--params", str(path), "--reports", str(reports)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "SELENC_CACHE_DIR": str(tmp_path / "c")},
+    )
+    assert env_run.returncode == 1
+    assert "6 of 6 trials did not finish" in env_run.stderr and "6 x timeout" in env_run.stderr
+    assert not (reports / "results" / "lenet.csv").exists() and not (reports / "metrics").exists()
+    assert not (tmp_path / "c" / "trials" / "lenet").exists() or not any(
+        (tmp_path / "c" / "trials" / "lenet").iterdir()
+    )

@@ -5,13 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from selenc import data, theory
-from selenc.attacks.base import observe_client
+from selenc import data, theory, theory_check
 from selenc.config import ConfigError
 from selenc.gradients import client_update, continuous_input, functional_update
 from selenc.models import build_victim
+from selenc.observed import observe_client
 from selenc.selection import top_k_mask
 from selenc.significance import ClientView
+from selenc.sweep import SweepFailed
 from tests.conftest import with_changes
 
 
@@ -155,9 +156,9 @@ def test_phi_cells_merge_the_metric_free_ratios_and_t4_sign():
                 }
             )
     table = pd.DataFrame(rows)
-    cells = theory.phi_cells(table, "psnr")
+    cells = theory_check.phi_cells(table, "psnr")
     assert len(cells) == 4 and set(cells.metric) == {"none", "all", "magnitude", "random"}
-    assert theory.phi_spearman(table, "psnr")["dlg"] == pytest.approx(-1.0)
+    assert theory_check.phi_spearman(table, "psnr")["dlg"] == pytest.approx(-1.0)
 
 
 def test_theory_config_rejects_an_attack_of_the_wrong_modality(raw):
@@ -172,7 +173,7 @@ def test_theory_config_rejects_an_attack_of_the_wrong_modality(raw):
 def test_case_params_make_an_ordinary_small_sweep(params):
     case = params.theory.cases[0]
     before = getattr(params.attacks, case.attack).steps
-    cp = theory.case_params(params, case)
+    cp = theory_check.case_params(params, case)
     grid = getattr(cp.sweep, case.arch)
     assert grid.attacks == [case.attack] and grid.threat_models == ["mask_aware"] and grid.metrics == case.metrics
     assert getattr(cp.attacks, case.attack).steps == case.steps and cp.sweep.bound_grid == params.theory.grid
@@ -185,5 +186,13 @@ def test_client_view_far_field_identity_table_runs_on_text(params, victims):
     update = client_update(victim, batch, params.update)
     view = ClientView(victim, batch, update, params.update, params.significance, 0)
     masks = {("magnitude", 0.1): top_k_mask(update.abs(), 0.1)}
-    table = theory.identity_table(view, masks, samples=2)
+    table = theory_check.identity_table(view, masks, samples=2)
     assert len(table) == 2 and (table.rel_err < 1e-10).all() and (table.D_S > 0).all()
+
+
+def test_theory_stage_fails_when_a_case_trial_does_not_finish(raw, tmp_path):
+    case = raw["theory"]["cases"][0] | {"metrics": ["magnitude"], "ratios": [0.5], "trials": 1, "steps": 100_000}
+    params = with_changes(raw, **{"theory.cases": [case], "sweep.time_limit_s": 0.5, "sweep.workers": 1})
+    with pytest.raises(SweepFailed, match="1 of 1 trials did not finish\n  1 x timeout"):
+        theory_check.run(params, tmp_path / "theory", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "theory" / "trials.csv").exists()

@@ -5,7 +5,7 @@ the attack's section of `params.attacks` (None for the analytic `token_leakage`)
 """
 
 from selenc.attacks import image, text
-from selenc.attacks.base import AttackResult, Matcher, PublicInfo, observe_client
+from selenc.attacks.base import AttackResult, Matcher
 from selenc.config import ATTACK_MODALITY
 
 ATTACKS = image.ATTACKS | text.ATTACKS
@@ -13,4 +13,4 @@ ATTACKS = image.ATTACKS | text.ATTACKS
 if set(ATTACKS) != set(ATTACK_MODALITY):  # a registry out of step with the names params accept is a bug
     raise ImportError(f"attack registry {sorted(ATTACKS)} differs from config names {sorted(ATTACK_MODALITY)}")
 
-__all__ = ["ATTACKS", "AttackResult", "Matcher", "PublicInfo", "observe_client"]
+__all__ = ["ATTACKS", "AttackResult", "Matcher"]

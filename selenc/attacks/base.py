@@ -1,7 +1,7 @@
 """What every gradient inversion attack shares: the server's view, the matching objective, the result.
 
 An attack is a function `(observed, victim, cfg, threat_model, seed) -> AttackResult`. It receives the
-`ObservedUpdate` (visible values, mask, layout, public metadata) and the model the server itself distributed
+`ObservedUpdate` (visible values, mask, layout, public facts) and the model the server itself distributed
 (`victim`: weights, tokenizer, input shape); never the client's batch or the encrypted values. `Matcher` is built from
 the observed update alone, so its objective cannot depend on hidden values:
 
@@ -17,33 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selenc.config import THREAT_MODELS, Update
-from selenc.gradients import FlatLayout, client_update
+from selenc.config import THREAT_MODELS
+from selenc.gradients import client_update
 from selenc.models import Batch, Victim
-from selenc.selection import ObservedUpdate
-
-
-@dataclass(frozen=True)
-class PublicInfo:
-    """Public facts of the protocol: known to the server without looking at any client data."""
-
-    arch: str
-    batch_size: int
-    num_classes: int
-    input_shape: tuple[int, ...]  # (C, H, W) for images, (max_length,) for text
-    update: Update  # how clients compute their update (FedSGD / FedAvg steps and lr)
-
-    def as_metadata(self) -> dict:
-        return {"public": self}
-
-
-def public_info(observed: ObservedUpdate) -> PublicInfo:
-    info = observed.metadata.get("public")
-    if not isinstance(info, PublicInfo):
-        raise ValueError(
-            "the observed update carries no PublicInfo: build it with metadata=PublicInfo(...).as_metadata()"
-        )
-    return info
+from selenc.observed import ObservedUpdate
 
 
 @dataclass
@@ -67,7 +44,7 @@ class Matcher:
             raise ValueError(f"unknown threat model {threat_model!r}; allowed: {', '.join(THREAT_MODELS)}")
         self.victim = victim
         self.threat_model = threat_model
-        self.update_cfg = public_info(observed).update
+        self.update_cfg = observed.public.update
         device = victim.device
         if threat_model == "mask_aware":
             hidden = bool(observed.mask.any())  # nothing hidden: compare the whole vector, no gather
@@ -115,23 +92,3 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
-
-
-def visible_rows(observed: ObservedUpdate, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A parameter's gradient as the server sees it: (values with hidden entries 0, bool mask of visible entries)."""
-    span = observed.layout.span(name)
-    values = observed.zero_filled()[span].view(shape)
-    seen = (~observed.mask[span]).view(shape)
-    return values, seen.to(values.device)
-
-
-def observe_client(
-    victim: Victim, batch: Batch, update_cfg: Update, mask: torch.Tensor | None = None
-) -> ObservedUpdate:
-    """What the server receives from a client with `batch`: its update with `mask`'s coordinates hidden (none by
-    default: the unprotected, ratio-0 case), plus the public protocol facts."""
-    update = client_update(victim, batch, update_cfg)
-    if mask is None:
-        mask = torch.zeros(update.numel(), dtype=torch.bool)
-    info = PublicInfo(victim.arch, len(batch), victim.num_classes, victim.input_shape, update_cfg)
-    return ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), info.as_metadata())

@@ -1,8 +1,8 @@
 """Image gradient inversion attacks: DLG, iDLG and Inverting Gradients.
 
 Every attack is `fn(observed, victim, cfg, threat_model, seed) -> AttackResult`. It reads the server's view only:
-the observed update through `Matcher` (mask-aware or zero-fill), the public facts (`public_info`), the visible
-last-layer rows (`visible_rows`) and the model the server distributed. The client's batch never reaches it.
+the observed update through `Matcher` (mask-aware or zero-fill), the public facts (`observed.public`), the visible
+last-layer rows (`observed.rows`) and the model the server distributed. The client's batch never reaches it.
 
 - `dlg` (Zhu et al., 2019): L-BFGS (strong-Wolfe line search) on the squared gradient distance, dummy image and
   dummy soft label optimised jointly (the label is softmax(logits); its update uses cross-entropy with probability
@@ -29,10 +29,10 @@ from collections.abc import Callable
 
 import torch
 
-from selenc.attacks.base import AttackResult, Matcher, PublicInfo, Timer, public_info, visible_rows
+from selenc.attacks.base import AttackResult, Matcher, Timer
 from selenc.config import derive_seed
 from selenc.models import Batch, Victim
-from selenc.selection import ObservedUpdate
+from selenc.observed import ObservedUpdate, PublicInfo
 
 
 # --- shared pieces --------------------------------------------------------------------------------------------
@@ -86,11 +86,11 @@ def recover_labels(observed: ObservedUpdate, victim: Victim, seed: int, probes: 
     everything is encrypted (the prior), are broken by a seeded random order. FedAvg updates θ_0 − θ_k are divided
     by local_lr·local_steps (first order). Repeated labels are estimated, never proven.
     """
-    info = public_info(observed)
+    info = observed.public
     num_classes, batch = info.num_classes, info.batch_size
     weight, bias = _last_layer(observed, num_classes)
     shape = observed.layout.shapes[observed.layout.names.index(weight)]
-    values, seen = visible_rows(observed, weight, shape)
+    values, seen = observed.rows(weight, shape)
     values, seen = values.double().cpu(), seen.cpu()
     if info.update.kind != "fedsgd":
         values = values / (info.update.local_lr * info.update.local_steps)
@@ -101,7 +101,7 @@ def recover_labels(observed: ObservedUpdate, victim: Victim, seed: int, probes: 
     row_mass = (seen * h_bar).sum(1)
     counts = torch.where(row_mass > 0, batch * (p_bar - (values * seen).sum(1) / row_mass.clamp_min(1e-12)), 0.5)
     if bias is not None:
-        b, b_seen = visible_rows(observed, bias, (num_classes,))
+        b, b_seen = observed.rows(bias, (num_classes,))
         b, b_seen = b.double().cpu(), b_seen.cpu()
         if info.update.kind != "fedsgd":
             b = b / (info.update.local_lr * info.update.local_steps)
@@ -207,7 +207,7 @@ def _lbfgs(
 
 def _dlg_family(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int, name: str):
     """DLG (joint soft labels) or iDLG (analytic labels, fixed), over seeded restarts."""
-    info = public_info(observed)
+    info = observed.public
     matcher = Matcher(observed, victim, threat_model)
     fixed = recover_labels(observed, victim, seed) if name == "idlg" else None
     runs = []
@@ -265,7 +265,7 @@ def _signed_adam(
 
 
 def _ig(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-    info = public_info(observed)
+    info = observed.public
     matcher = Matcher(observed, victim, threat_model)
     labels = recover_labels(observed, victim, seed)
     runs = []

@@ -80,10 +80,10 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from selenc.attacks.base import AttackResult, Matcher, Timer, public_info
+from selenc.attacks.base import AttackResult, Matcher, Timer
 from selenc.config import THREAT_MODELS, derive_seed
 from selenc.models import Batch, Victim
-from selenc.selection import ObservedUpdate
+from selenc.observed import ObservedUpdate
 
 MAX_LABEL_CANDIDATES = 16  # label multisets probed at most
 ORDER_TOLERANCE = 1e-3  # relative residual under which the position decomposition counts as exact
@@ -153,7 +153,7 @@ def _check_threat_model(threat_model: str) -> None:
 
 
 class SeenRows:
-    """Parameters' updates as the attacker reads them: `visible_rows` (values with hidden entries 0, bool mask of
+    """Parameters' updates as the attacker reads them: `ObservedUpdate.rows` (values with hidden entries 0, bool mask of
     visible entries) with the zero-filled vector built once; zero_fill takes every coordinate as seen."""
 
     def __init__(self, observed: ObservedUpdate, threat_model: str):
@@ -233,7 +233,7 @@ def sequence_length(
             hi = lo + int(unused_after[0]) if unused_after.numel() else max_len
             if lo == hi:
                 return max(lo, shortest), "position_rows"
-    distinct = 0 if leak is None else -(-len(leak.leaked) // public_info(observed).batch_size)
+    distinct = 0 if leak is None else -(-len(leak.leaked) // observed.public.batch_size)
     if distinct:
         source = "position_rows+leaked_tokens" if used_any else "leaked_tokens"
         return min(max(lo, distinct, shortest), hi), source
@@ -252,7 +252,7 @@ def label_candidates(
     same test on update/(lr·steps) with a tolerance. Without a seen bias (GPT-2's `score` has none) every multiset
     remains (`probe`: the attack tries them). If none passes (zero_fill reading a hidden bias as 0), all remain.
     """
-    info = public_info(observed)
+    info = observed.public
     batch, classes = info.batch_size, info.num_classes
     every = list(itertools.combinations_with_replacement(range(classes), batch))[:MAX_LABEL_CANDIDATES]
     bias = head_bias(victim)
@@ -288,7 +288,7 @@ def order_by_positions(
     commonly seen columns (G has rank T ≤ E generically).
     """
     pos = position_embedding(victim)
-    if pos is None or public_info(observed).batch_size != 1 or leak.unknown.numel() or not leak.leaked.numel():
+    if pos is None or observed.public.batch_size != 1 or leak.unknown.numel() or not leak.leaked.numel():
         return None
     reader = _reader(observed, threat_model, rows)
     length, source = sequence_length(observed, victim, threat_model, leak, reader)
@@ -321,7 +321,7 @@ def token_leakage(
     position decomposition is exact (then also the label, by testing each candidate on the recovered sentence)."""
     with Timer() as timer:
         reader = SeenRows(observed, threat_model)
-        batch = public_info(observed).batch_size
+        batch = observed.public.batch_size
         tok = victim.tokenizer
         leak = leakage(observed, victim, threat_model, reader)
         bag = _strip(tok, leak.leaked.tolist())
@@ -330,7 +330,7 @@ def token_leakage(
         length, length_source = sequence_length(observed, victim, threat_model, leak, reader)
         cands, label_source = label_candidates(observed, victim, threat_model, reader)
         labels = cands[0]
-        if len(cands) > 1 and ordered is not None and public_info(observed).update.kind == "fedsgd":
+        if len(cands) > 1 and ordered is not None and observed.public.update.kind == "fedsgd":
             objective = Objective(observed, victim, threat_model)
             if not objective.blind:
                 ids = torch.tensor([ordered], device=victim.device)
@@ -698,7 +698,7 @@ def _optimisation_attack(
     with Timer() as timer:
         tok = victim.tokenizer
         device = victim.device
-        batch = public_info(observed).batch_size
+        batch = observed.public.batch_size
         reader = SeenRows(observed, threat_model)
         leak = leakage(observed, victim, threat_model, reader)
         length, length_source = sequence_length(observed, victim, threat_model, leak, reader)

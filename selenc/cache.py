@@ -1,0 +1,142 @@
+"""The trial cache: finished results stored as JSON under a hash of everything they depend on.
+
+A key hashes a JSON-able description of the computation, which callers build from the params it reads, the data's
+content (`data.data_fingerprint`), the library versions and `source_fingerprint` of the module that computes it:
+the sha256 of the source of every `selenc` module that module imports, directly or not, found by reading their import
+statements (function-local ones included). Editing a module a trial runs invalidates its entries; editing one it does
+not import (a plot) does not.
+
+Only finished results are stored. An entry that cannot be read or does not fit its schema is reported, removed and
+treated as missing, so it is recomputed. Writes are atomic (a temporary file, then a rename): a killed run never
+leaves half an entry.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+PACKAGE = "selenc"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+M = TypeVar("M", bound=BaseModel)
+
+
+def cache_dir() -> Path:
+    """Where cached results live: `$SELENC_CACHE_DIR` or `<repo>/.selenc-cache`."""
+    return Path(os.environ.get("SELENC_CACHE_DIR", REPO_ROOT / ".selenc-cache"))
+
+
+# --- what a computation depends on ------------------------------------------------------------------------------
+def _module_file(name: str) -> Path | None:
+    """The source file of `selenc` module `name` (a package's __init__.py), None if it is no selenc module."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every selenc module `path` imports (at any depth of its code), with the packages they sit in."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
+                else node.module
+            )
+            targets = [base or ""] + [f"{base}.{alias.name}" for alias in node.names]  # `from selenc import data`
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            found |= {".".join(parts[: i + 1]) for i in range(len(parts)) if _module_file(".".join(parts[: i + 1]))}
+    return found
+
+
+def module_closure(name: str) -> list[str]:
+    """`name` and every selenc module it imports, transitively, sorted."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        path = _module_file(current)
+        if current in seen or path is None:
+            continue
+        seen.add(current)
+        todo.extend(_imports(current, path) - seen)
+    return sorted(seen)
+
+
+@functools.cache
+def source_fingerprint(name: str) -> str:
+    """sha256 of the source of `name` and of every selenc module it imports."""
+    h = hashlib.sha256()
+    for module in module_closure(name):
+        h.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def key_of(description: dict) -> str:
+    """The cache key of a computation described by a JSON-able dict."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# --- the store ---------------------------------------------------------------------------------------------------
+class Store:
+    """A folder of JSON entries, each validated against a pydantic schema on read."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, key: str, prefix: str = "") -> Path:
+        return self.folder / f"{prefix}{key}.json"
+
+    def get(self, key: str, schema: type[M], prefix: str = "") -> M | None:
+        """The entry under `key`, or None when it is absent, unreadable or not a valid `schema` (then removed)."""
+        path = self.path(key, prefix)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return schema.model_validate(json.loads(text))
+        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+            reason = str(exc).splitlines()[0]
+            warnings.warn(f"ignoring unreadable cache entry {path} ({reason}); it will be recomputed", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, entry: BaseModel, prefix: str = "") -> None:
+        """Store `entry` atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(key, prefix)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry.model_dump(), sort_keys=True), encoding="utf-8")  # inf/nan kept (PSNR)
+        tmp.replace(path)
+
+    def get_or_compute(self, key: str, schema: type[M], compute: Callable[[], M], prefix: str = "") -> M:
+        """The cached entry, or `compute()` stored under `key`."""
+        entry = self.get(key, schema, prefix)
+        if entry is None:
+            entry = compute()
+            self.put(key, entry, prefix)
+        return entry

@@ -1,0 +1,51 @@
+"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × sample.
+
+A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
+results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric or the mask source, and at ρ = 0 both
+threat models see the same update: such trials are the same computation (`Trial.identity`), run once and shared.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+from selenc.config import Params
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point of one architecture's sweep."""
+
+    arch: str
+    attack: str
+    threat_model: str
+    metric: str
+    ratio: float
+    mask_source: str
+    trial: int  # which real sample(s): the trial-th client batch of the target pool
+
+    @property
+    def effective_metric(self) -> str:
+        """At ρ = 0 and ρ = 1 the mask does not depend on the metric: `none` / `all`."""
+        return {0.0: "none", 1.0: "all"}.get(self.ratio, self.metric)
+
+    def identity(self) -> dict:
+        """The grid point minus what cannot change its result: trials with equal identities are one computation."""
+        out = asdict(self) | {"metric": self.effective_metric}
+        if self.ratio in (0.0, 1.0):  # the mask is empty or full whichever clients agreed on it
+            out["mask_source"] = "any"
+        if self.ratio == 0.0:  # nothing hidden: the zero-fill and the mask-aware attacker see the same update
+            out["threat_model"] = "any"
+        return out
+
+
+def expand(params: Params, arch: str) -> list[Trial]:
+    """All trials of `arch`'s grid, in a fixed order."""
+    g = getattr(params.sweep, arch)
+    return [
+        Trial(arch, attack, threat, metric, float(ratio), source, t)
+        for attack, threat, metric, ratio, source, t in itertools.product(
+            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, range(g.trials)
+        )
+    ]

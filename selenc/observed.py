@@ -1,0 +1,109 @@
+"""The server's view of one client's update: everything an honest-but-curious server sees, and nothing else.
+
+`ObservedUpdate` holds the plaintext values of the visible coordinates, the mask (positions are public: homomorphic
+aggregation adds ciphertexts slot by slot, so every party knows which coordinates are encrypted), the parameter
+layout and the protocol's public facts (`PublicInfo`). It never holds the encrypted values, so an attack that
+receives it cannot reach them. `observe` is the one constructor from a client's update; the sweep, the theory stage,
+HE and the tests all build the server's view through it (HE's `EncryptedUpdate.observed` drops its ciphertexts into
+the same dataclass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selenc.config import Update
+from selenc.gradients import FlatLayout, client_update
+from selenc.models import Batch, Victim
+
+
+@dataclass(frozen=True)
+class PublicInfo:
+    """Public facts of the protocol: known to the server without looking at any client data."""
+
+    arch: str
+    batch_size: int
+    num_classes: int
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (max_length,) for text
+    update: Update  # how clients compute their update (FedSGD / FedAvg steps and lr)
+
+
+@dataclass(frozen=True)
+class ObservedUpdate:
+    """What the server sees of one client's update: visible plaintext values, the mask, layout and public facts."""
+
+    visible: torch.Tensor  # values of the visible coordinates, in flat order (length n − k)
+    mask: torch.Tensor  # bool (n,), True = encrypted: position public, value hidden
+    layout: FlatLayout
+    public: PublicInfo
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != torch.bool or self.mask.ndim != 1 or self.mask.numel() != self.layout.n:
+            raise ValueError(f"mask must be a bool vector of shape ({self.layout.n},), got {tuple(self.mask.shape)}")
+        hidden = int(self.mask.sum())
+        if self.visible.ndim != 1 or self.visible.numel() != self.layout.n - hidden:
+            raise ValueError(
+                f"visible must hold the n − k = {self.layout.n - hidden} values, got {tuple(self.visible.shape)}"
+            )
+
+    @classmethod
+    def observe(
+        cls, update: torch.Tensor, mask: torch.Tensor, layout: FlatLayout, public: PublicInfo
+    ) -> ObservedUpdate:
+        """Keep only what crosses the wire in plaintext: a copy of the visible values (the hidden ones are dropped)."""
+        if update.ndim != 1 or update.numel() != layout.n:
+            raise ValueError(f"update must be a flat vector of {layout.n} values, got shape {tuple(update.shape)}")
+        if mask.dtype != torch.bool or mask.shape != update.shape:
+            raise ValueError(f"mask must be a bool vector of shape {tuple(update.shape)}")
+        mask = mask.detach().cpu().clone()
+        visible = update.detach()[~mask.to(update.device)].clone()
+        return cls(visible, mask, layout, public)
+
+    @property
+    def n(self) -> int:
+        return self.layout.n
+
+    @property
+    def visible_index(self) -> torch.Tensor:
+        """Flat indices of the visible coordinates (the attacker's loss runs over these when mask-aware)."""
+        return (~self.mask).nonzero().flatten()
+
+    def zero_filled(self) -> torch.Tensor:
+        """The full-length update with hidden coordinates set to 0 (the zero-fill attacker's view)."""
+        full = torch.zeros(self.n, dtype=self.visible.dtype, device=self.visible.device)
+        full[self.visible_index.to(self.visible.device)] = self.visible
+        return full
+
+    def rows(self, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One parameter's gradient as the server sees it: (values with hidden entries 0, bool mask of visible ones)."""
+        span = self.layout.span(name)
+        values = self.zero_filled()[span].view(shape)
+        seen = (~self.mask[span]).view(shape)
+        return values, seen.to(values.device)
+
+
+def public_info(victim: Victim, batch_size: int, update_cfg: Update) -> PublicInfo:
+    """The protocol's public facts for a client of `victim` sending an update of `batch_size` samples."""
+    return PublicInfo(victim.arch, batch_size, victim.num_classes, victim.input_shape, update_cfg)
+
+
+def observe(
+    victim: Victim, update: torch.Tensor, mask: torch.Tensor, batch_size: int, update_cfg: Update
+) -> ObservedUpdate:
+    """The server's view of `update` (a client's flat update of `victim`) with `mask`'s coordinates encrypted."""
+    return ObservedUpdate.observe(
+        update, mask, FlatLayout.of(victim.model), public_info(victim, batch_size, update_cfg)
+    )
+
+
+def observe_client(
+    victim: Victim, batch: Batch, update_cfg: Update, mask: torch.Tensor | None = None
+) -> ObservedUpdate:
+    """What the server receives from a client with `batch`: its update with `mask`'s coordinates hidden (none by
+    default: the unprotected, ratio-0 case)."""
+    update = client_update(victim, batch, update_cfg)
+    if mask is None:
+        mask = torch.zeros(update.numel(), dtype=torch.bool)
+    return observe(victim, update, mask, len(batch), update_cfg)

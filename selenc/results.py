@@ -1,0 +1,150 @@
+"""The results table: its columns, the row constructor, and what the stages read off it.
+
+A row = the trial's grid point (`grid.Trial`) + its dataset + what the trial measured (`Outcome`, the part that is
+cached) + the HE cost of its ratio (`Cost`). The column set is derived from those three definitions. `Outcome` is
+also the schema every cache entry is checked against before it is trusted.
+
+Also here: the success column per modality, the main cell filter (mask-aware attacker, own mask), the sweep stage's
+metrics and plot data, and the compact encoding of reconstructed images kept in the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from selenc.config import ARCH_MODALITY
+from selenc.grid import Trial
+
+STATUSES = ("ok", "error", "timeout")
+
+
+class Outcome(BaseModel):
+    """What one trial measured (None: not applicable to its modality, or not reached)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal[STATUSES]
+    error: str = ""
+    device: str | None = None  # where the trial ran (cpu, cuda)
+    seed: int | None = None
+    # images
+    psnr: float | None = None
+    ssim: float | None = None
+    mse: float | None = None
+    label_acc: float | None = None
+    # text
+    rouge1: float | None = None
+    rouge2: float | None = None
+    rougeL: float | None = None
+    token_f1: float | None = None
+    exact_match: float | None = None
+    # theory.md: protected distance share and (B1) at the attack's output
+    phi: float | None = None
+    b1_mismatch: float | None = None
+    b1_lipschitz: float | None = None
+    b1_bound: float | None = None
+    b1_error: float | None = None
+    b1_tightness: float | None = None
+    b1_violated: bool | None = None
+    k: int | None = None  # encrypted coordinates
+    n: int | None = None  # all coordinates
+    attack_s: float | None = None
+    trial_s: float | None = None
+    reconstruction: str | None = None
+
+    @model_validator(mode="after")
+    def _finished_means_measured(self) -> Outcome:
+        if self.status == "ok":
+            missing = [f for f in ("seed", "phi", "k", "n", "attack_s", "trial_s") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a finished trial must record {', '.join(missing)}")
+        elif not self.error:
+            raise ValueError(f"a trial with status {self.status!r} must say why in `error`")
+        return self
+
+
+class Cost(BaseModel):
+    """Measured CKKS cost of one client upload at the row's ratio (it depends on k only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    he_ciphertexts: int
+    he_bytes: int
+    he_encrypt_s: float
+
+
+_GRID = tuple(f.name for f in dataclasses.fields(Trial))
+COLUMNS: tuple[str, ...] = (_GRID[0], "dataset", *_GRID[1:], *Outcome.model_fields, *Cost.model_fields)
+
+
+def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost | None) -> dict:
+    """One results row (cost None: not measured, e.g. for a failed trial of an exploration run)."""
+    empty = dict.fromkeys(Cost.model_fields)
+    return (
+        dataclasses.asdict(trial)
+        | {"dataset": dataset}
+        | outcome.model_dump()
+        | (cost.model_dump() if cost is not None else empty)
+    )
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """The results table: `rows` (from `row`) in COLUMNS order."""
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+# --- reading the table ---------------------------------------------------------------------------------------------
+SUCCESS = {"image": ("psnr", "PSNR (dB)"), "text": ("rouge1", "ROUGE-1")}
+
+
+def success_column(arch: str) -> tuple[str, str]:
+    """The attack-success column of an architecture's table and its axis label."""
+    return SUCCESS[ARCH_MODALITY[arch]]
+
+
+def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Finished trials, with PSNR of exact copies (inf) capped at 100 dB so means and plots stay finite."""
+    ok = table[table.status == "ok"].copy()
+    ok[column] = ok[column].astype(float).clip(upper=100.0)
+    return ok
+
+
+def main_trials(table: pd.DataFrame) -> pd.DataFrame:
+    """The realistic attacker against the victim's own mask: mask-aware threat model, own mask source."""
+    return table[(table.threat_model == "mask_aware") & (table.mask_source == "own")]
+
+
+def plot_data(table: pd.DataFrame, arch: str) -> pd.DataFrame:
+    """Mean attack success per (attack, metric, ratio), mask-aware and own mask: the data of `dvc plots`."""
+    col, _ = success_column(arch)
+    return main_trials(finite(table, col)).groupby(["attack", "metric", "ratio"], as_index=False)[col].mean().round(4)
+
+
+def stage_metrics(table: pd.DataFrame, arch: str) -> dict:
+    """The sweep stage's metrics JSON: trial counts and mean attack success per attack, metric and ratio
+    (mask-aware, own mask), so `dvc metrics diff` / `dvc exp show` compare experiments cell by cell."""
+    col, _ = success_column(arch)
+    out: dict = {"trials": len(table), "not_ok": int((table.status != "ok").sum()), col: {}}
+    for r in plot_data(table, arch).itertuples():
+        out[col].setdefault(r.attack, {}).setdefault(r.metric, {})[f"r{r.ratio:g}"] = round(float(getattr(r, col)), 4)
+    return out
+
+
+# --- reconstructions in the table ------------------------------------------------------------------------------------
+def encode_images(images: torch.Tensor) -> str:
+    """Reconstructed images as base64 uint8 (B, C, H, W), small enough to live in the results table."""
+    arr = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return f"{'x'.join(map(str, arr.shape))}:" + base64.b64encode(arr.tobytes()).decode()
+
+
+def decode_images(text: str) -> np.ndarray:
+    """Inverse of `encode_images`: float (B, C, H, W) in [0, 1]."""
+    shape, blob = text.split(":", 1)
+    return np.frombuffer(base64.b64decode(blob), dtype=np.uint8).reshape(tuple(map(int, shape.split("x")))) / 255.0
