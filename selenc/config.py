@@ -271,7 +271,7 @@ class Sweep(Section):
     executor: Literal["local", "dask"]  # local: worker processes here (CUDA-safe); dask: a dask.distributed cluster
     dask_address: Annotated[str | None, AfterValidator(_dask_address)]  # None: start a LocalCluster
     dask_workers: Annotated[int, Field(ge=0)]  # LocalCluster worker processes; 0 = one per CPU core
-    batch_trials: PosInt  # trials per task; the task's time limit is time_limit_s x its trials
+    batch_trials: Annotated[int, Field(ge=0)]  # trials per task (0 = sized by the executor); limit x its trials
     time_limit_s: PosFloat
     bound_grid: PosInt  # t-grid points of L_S for the (B1) columns of every trial
     bound_iters: PosInt  # power iterations per grid point

@@ -1,7 +1,7 @@
 """Where trials run: worker processes on this machine (`local`) or a `dask.distributed` cluster (`dask`).
 
-Both executors take *tasks* (lists of trials, `sweep.batch_trials` each) and yield each finished task's trials with
-their outcomes, in completion order; the engine (`sweep`) caches and orders them. A worker builds the victim model
+Both executors take *tasks* (lists of trials of one attack, `sweep.partition`) and yield each finished task's trials
+with their outcomes, in completion order; the engine (`sweep`) caches and orders them. A worker builds the victim model
 itself, once per process, on the params' device: no model crosses a process boundary and no process that forks has
 touched CUDA, so the same code runs on a CPU laptop, a CUDA machine and a cluster.
 

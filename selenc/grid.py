@@ -8,6 +8,7 @@ threat models see the same update: such trials are the same computation (`Trial.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import asdict, dataclass
 
 from selenc.config import Params
@@ -49,3 +50,11 @@ def expand(params: Params, arch: str) -> list[Trial]:
             g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, range(g.trials)
         )
     ]
+
+
+def distinct(trials: list[Trial]) -> list[Trial]:
+    """The first trial of every distinct computation (`Trial.identity`), in order."""
+    first: dict[str, Trial] = {}
+    for t in trials:
+        first.setdefault(json.dumps(t.identity(), sort_keys=True), t)
+    return list(first.values())

@@ -5,9 +5,16 @@
 Every unique computation of the grid (`grid.Trial.identity`) is looked up in the trial cache under a key that hashes
 everything its result depends on: the grid point, the params sections the trial reads, the data's content, the
 library versions and the source of every module the trial imports (`cache.source_fingerprint`). Missing ones are
-grouped into tasks of `sweep.batch_trials` and run by the executor `sweep.executor` (`local` worker processes or a
-`dask` cluster); each finished trial is cached as soon as it arrives, so a killed sweep resumes on either executor and
-its table equals an uninterrupted run's. Errors and timeouts are never cached.
+run as tasks by the executor `sweep.executor` (`local` worker processes or a `dask` cluster); each finished trial is
+cached as soon as its task returns, so a killed sweep resumes on either executor and its table equals an uninterrupted
+run's. Errors and timeouts are never cached.
+
+Tasks (`partition`): the image attacks run a task as one vectorised batch, and a trial's floating-point result
+depends (at round-off level) on what shares its batch. So the batches are a fixed function of the grid and the params,
+never of what is cached or how many workers run: one batch per (attack, metric) of the grid, all its threat models,
+mask sources, ratios and samples, cut to `sweep.batch_trials` (0: at most MAX_BATCH of the device); and the cache key of
+a batched trial names its batch. A task with any trial missing runs whole. Adding a metric leaves the other metrics'
+batches and cache entries as they were.
 
 A sweep with any trial not finished fails (`SweepFailed`, a summary of the distinct errors with counts) and writes no
 table, unless `allow_errors` asks for the table anyway (exploration). HE cost is joined per ratio (`cost`).
@@ -26,10 +33,16 @@ import torch
 from tqdm.auto import tqdm
 
 from selenc import cache, cost, data, results
+from selenc.attacks import VECTORISED
 from selenc.config import ARCH_MODALITY, ConfigError, Params, load_params
 from selenc.executors import EXECUTORS
-from selenc.grid import Trial, expand
+from selenc.grid import Trial, distinct, expand
+from selenc.models import resolve_device
 from selenc.results import Cost, Outcome
+
+# Largest vectorised batch when `sweep.batch_trials` is 0: on the 2-core CPU 8-32 trials per call are about equally
+# fast (benchmarks/engine.py); a GPU's throughput keeps rising into the thousands while memory allows.
+MAX_BATCH = {"cpu": 32, "cuda": 1024}
 
 
 class SweepFailed(RuntimeError):
@@ -37,11 +50,30 @@ class SweepFailed(RuntimeError):
 
 
 # --- cache keys: what a result depends on ------------------------------------------------------------------------
-def trial_description(trial: Trial, params: Params) -> dict:
-    """Everything a trial's outcome depends on (the cache key hashes it)."""
+def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
+    """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) grouped per (attack, metric), each
+    group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); attacks that do not vectorise get
+    one task per trial."""
+    size = params.sweep.batch_trials or MAX_BATCH[resolve_device(params.study.device).type]
+    groups: dict[tuple[str, str], list[Trial]] = {}
+    for t in trials:
+        groups.setdefault((t.attack, t.identity()["metric"]), []).append(t)
+    out = []
+    for (attack, _), group in groups.items():
+        step = size if attack in VECTORISED else 1
+        out += [group[i : i + step] for i in range(0, len(group), step)]
+    return out
+
+
+def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = None) -> dict:
+    """Everything a trial's outcome depends on (the cache key hashes it), `batch` being the trials attacked with it."""
     attack_cfg = getattr(params.attacks, trial.attack, None)
+    mates = None
+    if trial.attack in VECTORISED and batch is not None:
+        mates = sorted(json.dumps(t.identity(), sort_keys=True) for t in batch)
     return {
         "trial": trial.identity(),
+        "batch": mates,
         "seed": params.study.seed,
         "device": params.study.device,
         "model": getattr(params.models, trial.arch).model_dump(),
@@ -70,8 +102,8 @@ def cost_description(params: Params, arch: str, ratio: float) -> dict:
     }
 
 
-def trial_key(trial: Trial, params: Params) -> str:
-    return cache.key_of(trial_description(trial, params))
+def trial_key(trial: Trial, params: Params, batch: list[Trial] | None = None) -> str:
+    return cache.key_of(trial_description(trial, params, batch))
 
 
 # --- the engine --------------------------------------------------------------------------------------------------
@@ -83,10 +115,6 @@ def failure_summary(arch: str, outcomes: list[Outcome], total: int) -> str:
     return "\n".join(lines)
 
 
-def _batches(trials: list[Trial], size: int) -> list[list[Trial]]:
-    return [trials[i : i + size] for i in range(0, len(trials), size)]
-
-
 def run_sweep(
     params: Params, arch: str, cache_dir: Path | None = None, progress: bool = True, allow_errors: bool = False
 ) -> pd.DataFrame:
@@ -96,27 +124,30 @@ def run_sweep(
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir()
     store = cache.Store(root / "trials" / arch)
     trials = expand(params, arch)
-    keys = {t: trial_key(t, params) for t in trials}
+    unique = distinct(trials)  # one trial per distinct computation, in grid order
+    parts = partition(params, unique)
+    batch_of = {json.dumps(t.identity(), sort_keys=True): part for part in parts for t in part}
+    keys = {t: trial_key(t, params, batch_of[json.dumps(t.identity(), sort_keys=True)]) for t in trials}
     outcomes: dict[str, Outcome] = {}
-    for key in dict.fromkeys(keys.values()):
-        if (found := store.get(key, Outcome)) is not None:
-            outcomes[key] = found
-    todo = list({key: t for t, key in keys.items() if key not in outcomes}.values())
-    unique = len(set(keys.values()))
+    for t in unique:
+        if (found := store.get(keys[t], Outcome)) is not None:
+            outcomes[keys[t]] = found
+    todo = [part for part in parts if any(keys[t] not in outcomes for t in part)]
     if todo:
         executor = EXECUTORS[params.sweep.executor](params)
         with tqdm(
-            total=unique, initial=unique - len(todo), desc=f"sweep {arch}", unit="trial", disable=not progress
+            total=len(unique), initial=len(outcomes), desc=f"sweep {arch}", unit="trial", disable=not progress
         ) as bar:
-            for done, outs in executor.run(arch, _batches(todo, params.sweep.batch_trials)):
+            for done, outs in executor.run(arch, todo):
                 for trial, outcome in zip(done, outs, strict=True):
-                    outcomes[keys[trial]] = outcome
-                    if outcome.status == "ok":
-                        store.put(keys[trial], outcome)
-                    bar.update()
-    failed = [outcomes[k] for k in dict.fromkeys(keys.values()) if outcomes[k].status != "ok"]
+                    if keys[trial] not in outcomes:  # a cached batch-mate recomputed with its task keeps its entry
+                        outcomes[keys[trial]] = outcome
+                        if outcome.status == "ok":
+                            store.put(keys[trial], outcome)
+                        bar.update()
+    failed = [outcomes[keys[t]] for t in unique if outcomes[keys[t]].status != "ok"]
     if failed and not allow_errors:
-        raise SweepFailed(failure_summary(arch, failed, unique))
+        raise SweepFailed(failure_summary(arch, failed, len(unique)))
     costs = cache.Store(root / "he" / arch)
     dataset = getattr(params.models, arch).dataset
     per_ratio: dict[float, Cost] = {}

@@ -1,34 +1,51 @@
-"""One grid point -> one measured outcome: the data flow of a single trial.
+"""One grid point -> one measured outcome: the data flow of a single trial, run for a batch of trials at once.
 
 real sample(s) -> client update g -> significance scores -> mask S (ratio ρ) -> the server's view (visible values +
-mask) -> attack -> reconstruction metrics, φ(S) and (B1). HE is not run per trial: its cost depends on k only and is
-measured once per ratio (`cost`). `run_trials` is what an executor's worker calls: every trial's failure becomes an
-`error` outcome instead of stopping the batch.
+mask) -> attack -> reconstruction metrics, φ(S) and (B1). A trial is `prepare`d on the client's side, attacked by the
+server, and `finish`ed on the client's side again (metrics need the true sample). `run_trials` runs a worker's batch:
+consecutive trials of one attack are attacked together (`attacks.BATCHED`: one vectorised optimisation for the image
+attacks), and every trial's failure becomes an `error` outcome instead of stopping the batch. HE is not run per trial:
+its cost depends on k only and is measured once per ratio (`cost`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from selenc.attacks import ATTACKS
+from selenc.attacks import BATCHED, VECTORISED, AttackResult
 from selenc.config import Params, derive_seed
 from selenc.gradients import client_update
 from selenc.grid import Trial
 from selenc.metrics import image_scores, text_scores
-from selenc.models import Victim, target_batch
-from selenc.observed import observe
+from selenc.models import Batch, Victim, target_batch
+from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
 from selenc.selection import make_mask
 from selenc.significance import ClientView, client_scores
 from selenc.theory import bound, phi, significance, text_point
 
 
-def run_trial(trial: Trial, params: Params, victim: Victim) -> Outcome:
-    """Sample -> update -> scores -> mask -> observed update -> attack -> metrics, φ(S) and (B1)."""
+@dataclass
+class Prepared:
+    """A trial on the client's side, up to what it sends: its sample, mask, φ(S) and the server's view."""
+
+    trial: Trial
+    seed: int
+    batch: Batch
+    mask: torch.Tensor
+    phi: float
+    observed: ObservedUpdate
+    seconds: float  # time spent on the client's side so far
+
+
+def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
+    """Sample -> update -> scores -> mask -> φ(S) -> the observed update (the update itself is dropped)."""
     start = time.perf_counter()
     cfg = getattr(params.models, trial.arch)
     b = params.update.batch_size
@@ -47,15 +64,18 @@ def run_trial(trial: Trial, params: Params, victim: Victim) -> Outcome:
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
     s = significance(ClientView(victim, batch, update, params.update, params.significance, seed))
     observed = observe(victim, update, mask, len(batch), params.update)
-    del update  # from here on the attack has only the server's view
-    result = ATTACKS[trial.attack](
-        observed, victim, getattr(params.attacks, trial.attack, None), trial.threat_model, seed
-    )
+    return Prepared(trial, seed, batch, mask, phi(s, mask), observed, time.perf_counter() - start)
+
+
+def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Victim) -> Outcome:
+    """The attack's output scored against the true sample: reconstruction metrics and (B1)."""
+    start = time.perf_counter()
+    batch, mask = prepared.batch, prepared.mask
     out = {
         "status": "ok",
         "device": victim.device.type,
-        "seed": seed,
-        "phi": phi(s, mask),
+        "seed": prepared.seed,
+        "phi": prepared.phi,
         "k": int(mask.sum()),
         "n": int(mask.numel()),
         "attack_s": result.seconds,
@@ -79,10 +99,20 @@ def run_trial(trial: Trial, params: Params, victim: Victim) -> Outcome:
     # (B1) at the attack's output, on the client's side (true labels; text: only when the recovered length matches)
     x_hat = result.images if victim.modality == "image" else text_point(victim, batch, result.token_ids)
     if x_hat is not None:
-        b1 = bound(victim, batch, params.update, x_hat, mask, params.sweep.bound_grid, params.sweep.bound_iters, seed)
+        b1 = bound(
+            victim, batch, params.update, x_hat, mask, params.sweep.bound_grid, params.sweep.bound_iters, prepared.seed
+        )
         out |= b1.as_row()
-    out["trial_s"] = time.perf_counter() - start
+    out["trial_s"] = prepared.seconds + result.seconds + time.perf_counter() - start
     return Outcome(**out)
+
+
+def run_trial(trial: Trial, params: Params, victim: Victim) -> Outcome:
+    """One trial on its own (a batch of one)."""
+    (outcome,) = run_trials([trial], params, victim)
+    if outcome.status != "ok":
+        raise RuntimeError(outcome.error)
+    return outcome
 
 
 def failure(exc: BaseException) -> Outcome:
@@ -92,12 +122,44 @@ def failure(exc: BaseException) -> Outcome:
     return Outcome(status="error", error=f"{type(exc).__name__}: {exc}{where}")
 
 
-def run_trials(trials: list[Trial], params: Params, victim: Victim) -> list[Outcome]:
-    """A worker's batch: each trial's outcome, a failing trial recorded as an `error` outcome."""
-    outcomes = []
-    for trial in trials:
+def _attack_group(group: list[Trial], params: Params, victim: Victim) -> list[Outcome]:
+    """Trials of one attack: prepared one by one, attacked together, finished one by one."""
+    outcomes: list[Outcome | None] = [None] * len(group)
+    ready: list[tuple[int, Prepared]] = []
+    for i, trial in enumerate(group):
         try:
-            outcomes.append(run_trial(trial, params, victim))
+            ready.append((i, prepare(trial, params, victim)))
         except Exception as exc:  # one failing trial must not take the rest of the batch with it
-            outcomes.append(failure(exc))
+            outcomes[i] = failure(exc)
+    if ready:
+        name = group[0].attack
+        try:
+            results = BATCHED[name](
+                [p.observed for _, p in ready],
+                victim,
+                getattr(params.attacks, name, None),
+                [p.trial.threat_model for _, p in ready],
+                [p.seed for _, p in ready],
+            )
+        except Exception as exc:
+            results = [exc] * len(ready)
+        for (i, prepared), result in zip(ready, results, strict=True):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                outcomes[i] = finish(prepared, result, params, victim)
+            except Exception as exc:
+                outcomes[i] = failure(exc)
+    return outcomes
+
+
+def run_trials(trials: list[Trial], params: Params, victim: Victim) -> list[Outcome]:
+    """A worker's batch, in order. Consecutive trials of a vectorised attack are attacked together; the others one by
+    one (their updates need not all be held at once)."""
+    outcomes: list[Outcome] = []
+    for name, run in itertools.groupby(trials, key=lambda t: t.attack):
+        run = list(run)
+        groups = [run] if name in VECTORISED else [[t] for t in run]
+        for group in groups:
+            outcomes += _attack_group(group, params, victim)
     return outcomes

@@ -137,7 +137,7 @@ BAD = [
     ],
     ("sweep.dask_address", 8786, ["sweep.dask_address:", "valid string", "8786"]),
     ("sweep.dask_workers", -1, ["sweep.dask_workers:", "greater than or equal to 0", "-1"]),
-    ("sweep.batch_trials", 0, ["sweep.batch_trials:", "greater than 0", "got 0"]),
+    ("sweep.batch_trials", -1, ["sweep.batch_trials:", "greater than or equal to 0", "got -1"]),
     (
         "guidelines.levels.strict.psnr_max",
         -0.5,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from selenc import cache, data
-from selenc.grid import expand
+from selenc.grid import distinct, expand
 from selenc.results import COLUMNS
-from selenc.sweep import SweepFailed, run_sweep, trial_key
+from selenc.sweep import SweepFailed, partition, run_sweep, trial_key
 from tests.conftest import REPO, with_changes
 
 TINY = {
@@ -51,6 +51,22 @@ def test_grid_expansion_and_shared_ratio_endpoints(tiny):
     assert len(keys) == 6  # at ρ = 0 the mask is empty whatever the metric: those trials are run once
 
 
+def test_batches_are_fixed_by_the_grid_and_adding_a_metric_keeps_the_others(tiny):
+    grid = TINY["sweep.lenet"]
+    bigger = with_changes(tiny.model_dump(), **{"sweep.lenet": grid | {"metrics": [*grid["metrics"], "distance"]}})
+
+    def parts(params):
+        return partition(params, distinct(expand(params, "lenet")))
+
+    for params in (tiny, bigger):
+        assert all(len({(t.attack, t.effective_metric) for t in part}) == 1 for part in parts(params))
+    old = {trial_key(t, tiny, p) for p in parts(tiny) for t in p}
+    assert len(old) == 6 and old < {trial_key(t, bigger, p) for p in parts(bigger) for t in p}  # others unchanged
+    assert all(len(p) == 1 for p in parts(with_changes(tiny.model_dump(), **{"sweep.batch_trials": 1})))
+    batched = parts(tiny)
+    assert trial_key(batched[1][0], tiny, batched[1]) != trial_key(batched[1][0], tiny, batched[1][:1])
+
+
 def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     table = run_sweep(tiny, "lenet", cache_dir=tmp_path / "a", progress=False)
     assert list(table.columns) == list(COLUMNS)
@@ -68,8 +84,8 @@ def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     again = run_sweep(tiny, "lenet", cache_dir=tmp_path / "a", progress=False)
     assert entries(tmp_path / "a") == stamps  # nothing recomputed
     pd.testing.assert_frame_equal(again, table)
-    one = with_changes(tiny.model_dump(), **{"sweep.workers": 1, "sweep.batch_trials": 3})
-    fresh = run_sweep(one, "lenet", cache_dir=tmp_path / "b", progress=False)  # one worker, tasks of 3 trials
+    one = with_changes(tiny.model_dump(), **{"sweep.workers": 1})
+    fresh = run_sweep(one, "lenet", cache_dir=tmp_path / "b", progress=False)  # one worker instead of two
     pd.testing.assert_frame_equal(fresh.drop(columns=VARYING), table.drop(columns=VARYING))
 
 
@@ -97,7 +113,9 @@ def test_killed_sweep_resumes_without_recomputing(raw, tmp_path):
 
 def test_timeouts_fail_the_sweep_and_are_never_cached(raw, tmp_path):
     slow = with_changes(raw, **(TINY | {"sweep.time_limit_s": 0.5, "attacks.dlg.steps": 100_000}))
-    with pytest.raises(SweepFailed, match=r"6 of 6 trials did not finish\n  6 x timeout: trial exceeded the 0 s"):
+    with pytest.raises(
+        SweepFailed, match=r"6 of 6 trials did not finish\n  6 x timeout: task of 2 trials exceeded the 0 s"
+    ):
         run_sweep(slow, "lenet", cache_dir=tmp_path, progress=False)
     assert entries(tmp_path) == {}
     table = run_sweep(slow, "lenet", cache_dir=tmp_path, progress=False, allow_errors=True)

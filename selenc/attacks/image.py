@@ -1,36 +1,48 @@
-"""Image gradient inversion attacks: DLG, iDLG and Inverting Gradients.
+"""Image gradient inversion attacks: DLG, iDLG and Inverting Gradients, each run on a batch of independent trials.
 
-Every attack is `fn(observed, victim, cfg, threat_model, seed) -> AttackResult`. It reads the server's view only:
-the observed update through `Matcher` (mask-aware or zero-fill), the public facts (`observed.public`), the visible
+`BATCHED[name](observed, victim, cfg, threat_models, seeds) -> [AttackResult]` attacks a batch of trials (one model;
+each trial its own observed update, mask, threat model, seed and restarts) as one vectorised optimisation, and
+`ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult` is the same code on a batch of one. An
+attack reads the server's view only: the visible values and the mask (`ObservedUpdate`), the public facts, the visible
 last-layer rows (`observed.rows`) and the model the server distributed. The client's batch never reaches it.
 
-- `dlg` (Zhu et al., 2019): L-BFGS (strong-Wolfe line search) on the squared gradient distance, dummy image and
-  dummy soft label optimised jointly (the label is softmax(logits); its update uses cross-entropy with probability
-  targets); the recovered label is the argmax. The distance is divided by the constant ‖g_obs‖² (same minimiser)
-  so that L-BFGS's absolute tolerances do not stop it early on a target of tiny visible values.
+Every (trial, restart) of a batch is one row of each vectorised call: `torch.func.vmap` over per-row inputs, labels,
+targets and coordinate weights of `torch.func.grad_and_value` of the matching objective, whose inner `torch.func.grad`
+is the client's update (`Matching`). A trial's mask enters as a 0/1 weight per coordinate (mask-aware: the visible
+coordinates; zero-fill: every coordinate, against the zero-filled update), so trials with different masks share a step.
+Batch-1 attacks are kernel-launch bound; batching is what fills a GPU, and it pays on two CPU cores too.
+
+- `dlg` (Zhu et al., 2019): L-BFGS (`lbfgs`: per-trial curvature pairs and backtracking line search) on
+  ‖w ⊙ (g(x, y) − t)‖² / ‖w ⊙ t‖², dummy image and soft label softmax(z) optimised jointly; the recovered label is
+  the argmax. Dividing by the constant ‖w ⊙ t‖² leaves the minimiser unchanged and makes the optimiser's steps
+  scale-free on a target of tiny visible values.
 - `idlg` (Zhao et al., 2020): labels read analytically from the visible last-layer gradient (`recover_labels`), then
   DLG's L-BFGS with the labels fixed.
-- `ig` (Geiping et al., 2020): 1 − cosine similarity + tv · total variation, Adam on the sign of the input gradient,
+- `ig` (Geiping et al., 2020): 1 − cos(w ⊙ g(x, y), t) + tv · total variation, Adam on the sign of the input gradient,
   step decay x0.1 at 3/8, 5/8 and 7/8 of the steps, box constraint [0, 1] (clamp after each step), analytic labels.
+  Adam is elementwise, so one Adam over the stacked inputs is every trial's own Adam.
 
 Every attack starts from seeded uniform noise in [0, 1] (`random_images`); restarts draw fresh seeded inits and the
-lowest final objective wins (`info["restart_losses"]`). `losses` holds the objective at every evaluation of the
-winning restart: per L-BFGS function evaluation (about 1.05 per iteration) for DLG / iDLG, per step for IG.
-An attack with nothing to match returns its prior, the seeded init of restart 0 and its prior labels, with
+lowest final objective wins (`info["restart_losses"]`). `losses` holds the winning restart's objective after every
+iteration. An attack with nothing to match returns its prior, the seeded init of restart 0 and its prior labels, with
 `info["blind"] = True` and no losses, rather than optimise a constant: the mask-aware attacker with every coordinate
-encrypted (`Matcher.blind`), and IG when every compared value is 0 (its cosine is undefined; only TV would act).
-Same seed, same result (on the same device and thread count).
+encrypted, and IG when every compared value is 0 (its cosine is undefined; only TV would act). `seconds` is the batch's
+wall time shared equally among its trials; `info["batch"]` says how many there were. Same seeds, same result (on the
+same device and thread count), whatever else shares the batch, up to float round-off.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from selenc.attacks.base import AttackResult, Matcher, Timer
-from selenc.config import derive_seed
+from selenc.attacks.base import AttackResult, Timer
+from selenc.attacks.lbfgs import lbfgs
+from selenc.config import THREAT_MODELS, derive_seed
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate, PublicInfo
 
@@ -59,7 +71,8 @@ def _prior_response(victim: Victim, info: PublicInfo, weight: str, seed: int, pr
     """The model's mean softmax (K,) and mean last-layer input (d,) over `probes` seeded uniform-noise images: the
     attacker's estimate of the batch's predictions and features (Geng et al. 2021)."""
     layer = victim.model.get_submodule(weight.rsplit(".", 1)[0])
-    x = torch.rand((probes, *info.input_shape), generator=_generator(seed, "label-probes")).to(victim.device)
+    dtype = next(victim.model.parameters()).dtype
+    x = torch.rand((probes, *info.input_shape), generator=_generator(seed, "label-probes")).to(victim.device, dtype)
     seen: list[torch.Tensor] = []
     hook = layer.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
     try:
@@ -130,156 +143,218 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def _set_grads(loss: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    """Gradients of `loss` into the attack's own tensors only (the model's .grad is never touched)."""
-    for t, g in zip(tensors, torch.autograd.grad(loss, tensors), strict=True):
-        t.grad = g
+@dataclass(frozen=True)
+class Runs:
+    """The (trial, restart) pairs of a batch that optimise, stacked: the rows of every vectorised call."""
+
+    trial: list[int]  # the batch index of each run's trial
+    x0: torch.Tensor  # (R, b, C, H, W) seeded initial images
+    z0: torch.Tensor | None  # (R, b, K) seeded initial label logits (DLG), else None
+    labels: torch.Tensor | None  # (R, b) analytic labels (iDLG, IG), else None
+    target: torch.Tensor  # (R, n) the zero-filled observed update
+    weight: torch.Tensor  # (R, n) 1 where the attacker compares the coordinate, else 0
+
+    def best(self, finals: torch.Tensor) -> dict[int, tuple[int, list[float]]]:
+        """Per trial: its winning run (lowest final objective; non-finite is +inf, the first wins ties) and every
+        restart's final objective."""
+        values = [float(v) if math.isfinite(float(v)) else math.inf for v in finals]
+        members: dict[int, list[int]] = {}
+        for r, trial in enumerate(self.trial):
+            members.setdefault(trial, []).append(r)
+        out = {}
+        for trial, rows in members.items():
+            scores = [values[r] for r in rows]
+            out[trial] = (rows[scores.index(min(scores))], scores)
+        return out
 
 
-def _prior_result(x0: torch.Tensor, labels: torch.Tensor) -> AttackResult:
-    """What a blind attacker returns: its seeded init and prior labels, no optimisation."""
-    return AttackResult(labels=labels, images=x0.clamp(0, 1), info={"blind": True, "restart_losses": []})
+class Matching:
+    """The client's update as a function of (inputs, labels) and the matching objectives, for one trial's tensors;
+    vmapped over runs by the attacks."""
+
+    def __init__(self, victim: Victim, observed: ObservedUpdate):
+        self.victim = victim
+        self.cfg = observed.public.update
+        self.names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
+        self.theta = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
+
+    def _loss(self, theta: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.victim.logits(Batch(x, y), params=theta), y)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The flat update a client with inputs x and labels y (ids or probabilities) would send."""
+        if self.cfg.kind == "fedsgd":
+            g = torch.func.grad(self._loss)(self.theta, x, y)
+            return torch.cat([g[n].reshape(-1) for n in self.names])
+        theta = self.theta
+        for _ in range(self.cfg.local_steps):
+            g = torch.func.grad(self._loss)(theta, x, y)
+            theta = {n: theta[n] - self.cfg.local_lr * g[n] for n in self.names}
+        return torch.cat([(self.theta[n] - theta[n]).reshape(-1) for n in self.names])
+
+    def l2(self, x, y, target, weight, scale) -> torch.Tensor:
+        return ((self.update(x, y) - target).square() * weight).sum() * scale
+
+    def cosine(self, x, y, target, weight, target_norm, tv: float) -> torch.Tensor:
+        g = self.update(x, y) * weight
+        return 1.0 - g.dot(target) / (g.norm().clamp_min(1e-12) * target_norm) + tv * total_variation(x)
 
 
-def _best_of(runs: list[tuple[torch.Tensor, torch.Tensor, list[float], float]]) -> AttackResult:
-    """The restart with the lowest final objective (non-finite counts as +inf; the first wins ties)."""
-    finals = [f if math.isfinite(f) else math.inf for *_, f in runs]
-    x, labels, losses, _ = runs[finals.index(min(finals))]
-    images = torch.nan_to_num(x, nan=0.5).clamp(0, 1)
-    return AttackResult(labels=labels, images=images, losses=losses, info={"blind": False, "restart_losses": finals})
+def _check(observed: list[ObservedUpdate], threat_models: list[str], seeds: list[int]) -> None:
+    if not (len(observed) == len(threat_models) == len(seeds)) or not observed:
+        raise ValueError("a batch needs one observed update, threat model and seed per trial, and at least one trial")
+    for tm in threat_models:
+        if tm not in THREAT_MODELS:
+            raise ValueError(f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
+    first = observed[0]
+    for o in observed[1:]:
+        if o.public != first.public or o.layout != first.layout:
+            raise ValueError("every trial of a batch must share the model, the batch size and the update rule")
 
 
-def _timed(run: Callable[[], AttackResult]) -> AttackResult:
+def _runs(
+    observed: list[ObservedUpdate], victim: Victim, cfg, threat_models: list[str], seeds: list[int], name: str
+) -> tuple[Runs | None, dict[int, AttackResult]]:
+    """The runs of a batch, and the prior of every trial with nothing to match (no run of its own)."""
+    _check(observed, threat_models, seeds)
+    info, device = observed[0].public, victim.device
+    runs, priors = [], {}
+    for i, (obs, tm, seed) in enumerate(zip(observed, threat_models, seeds, strict=True)):
+        labels = None if name == "dlg" else recover_labels(obs, victim, seed)
+        target = obs.zero_filled().to(device)
+        weight = torch.ones_like(target) if tm == "zero_fill" else (~obs.mask).to(device=device, dtype=target.dtype)
+        # nothing compared, or (IG) only zeros compared, whose cosine is undefined: the prior of restart 0
+        blind = not bool(weight.any()) or (name == "ig" and not bool((target * weight).any()))
+        for r in range(1 if blind else cfg.restarts):
+            x0 = random_images(info, seed, name, r)
+            z0 = None
+            if labels is None:
+                z0 = torch.randn((info.batch_size, info.num_classes), generator=_generator(seed, "label-init", name, r))
+            if blind:
+                result = AttackResult(labels=labels if labels is not None else z0.argmax(-1), images=x0.clamp(0, 1))
+                priors[i] = result
+                result.info = {"blind": True, "restart_losses": [], "batch": len(observed)}
+                continue
+            runs.append((i, x0, z0, labels, target * weight, weight))
+    if not runs:
+        return None, priors
+    cols = list(zip(*runs, strict=True))
+    dtype = runs[0][4].dtype  # the update's: inits follow it (a float64 model in the theory checks)
+    stacked = [
+        None if col[0] is None else torch.stack(col).to(device, dtype if col[0].is_floating_point() else None)
+        for col in cols[1:]
+    ]
+    return Runs(list(cols[0]), *stacked), priors
+
+
+def _results(
+    runs: Runs | None,
+    priors: dict[int, AttackResult],
+    finals: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    trace: list[torch.Tensor],
+    seconds: float,
+) -> list[AttackResult]:
+    """One result per trial of the batch (its winning restart, or its prior); the batch's time shared equally."""
+    out = dict(priors)
+    size = len(priors) + (len(set(runs.trial)) if runs is not None else 0)
+    for trial, (win, scores) in (runs.best(finals) if runs is not None else {}).items():
+        out[trial] = AttackResult(
+            labels=labels[win].cpu(),
+            images=torch.nan_to_num(images[win].detach().cpu(), nan=0.5).clamp(0, 1),
+            losses=[float(t[win]) for t in trace],
+            info={"blind": False, "restart_losses": scores, "batch": size},
+        )
+    for result in out.values():
+        result.seconds = seconds / size
+    return [out[i] for i in range(size)]
+
+
+# --- DLG / iDLG ----------------------------------------------------------------------------------------------
+def _dlg_family(
+    observed: list[ObservedUpdate], victim: Victim, cfg, threat_models: list[str], seeds: list[int], name: str
+) -> list[AttackResult]:
     with Timer() as timer:
-        result = run()
-    result.seconds = timer.seconds
-    return result
+        runs, priors = _runs(observed, victim, cfg, threat_models, seeds, name)
+        finals = images = labels = None
+        trace: list[torch.Tensor] = []
+        if runs is not None:
+            matching = Matching(victim, observed[0])
+            rows, shape = len(runs.trial), runs.x0.shape[1:]
+            dx = math.prod(shape)
+            norm = (runs.weight * runs.target).square().sum(1)
+            scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
+            fixed = runs.labels if runs.labels is not None else torch.zeros(rows, dtype=torch.long, device=norm.device)
+
+            def one(p: torch.Tensor, target, weight, s, y_fixed) -> torch.Tensor:
+                x = p[:dx].view(shape)
+                y = p[dx:].view(runs.z0.shape[1:]).softmax(-1) if runs.z0 is not None else y_fixed
+                return matching.l2(x, y, target, weight, s)
+
+            step = torch.func.vmap(torch.func.grad_and_value(one))
+
+            def objective(points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                grad, value = step(points, runs.target[idx], runs.weight[idx], scale[idx], fixed[idx])
+                return value.detach(), grad.detach()
+
+            start = runs.x0.reshape(rows, -1)
+            if runs.z0 is not None:
+                start = torch.cat([start, runs.z0.reshape(rows, -1)], 1)
+            p, finals, trace = lbfgs(objective, start, cfg.steps, lr=cfg.lr)
+            images = p[:, :dx].view(rows, *shape)
+            labels = p[:, dx:].view(runs.z0.shape).argmax(-1) if runs.z0 is not None else runs.labels
+    return _results(runs, priors, finals, images, labels, trace, timer.seconds)
 
 
-# --- DLG / iDLG -----------------------------------------------------------------------------------------------
-def _lbfgs(
-    matcher: Matcher, x0: torch.Tensor, cfg, label_logits: torch.Tensor | None, labels: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, list[float], float]:
-    """One L-BFGS run of `cfg.steps` iterations on ‖g(x, y) − g_obs‖² / ‖g_obs‖², over soft labels softmax(z) too
-    when `label_logits` z is given. Returns (x, labels, objective per evaluation, final objective).
-
-    The constant 1 / ‖g_obs‖² leaves DLG's minimiser unchanged but makes L-BFGS's absolute stopping tolerances
-    scale-free: without it a target made of tiny values (the visible coordinates left by a magnitude mask) stops the
-    optimiser at its first iteration, which would read as protection.
-    """
-    device = matcher.victim.device
-    norm = float(matcher.target.square().sum())
-    scale = 1.0 / norm if norm > 0 else 1.0
-    x = x0.to(device).clone().requires_grad_()
-    leaves = [x]
-    if label_logits is not None:
-        z = label_logits.to(device).clone().requires_grad_()
-        leaves.append(z)
-    # One call runs every iteration: stepping a max_iter=1 optimiser would re-evaluate the closure at each call and
-    # leave its line search no evaluations (max_eval − current_evals = 0), which stalls it.
-    opt = torch.optim.LBFGS(
-        leaves,
-        lr=cfg.lr,
-        max_iter=cfg.steps,
-        max_eval=cfg.steps * 5 // 4,
-        history_size=100,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-12,
-    )
-
-    def target() -> torch.Tensor:
-        return z.softmax(-1) if label_logits is not None else labels.to(device)
-
-    losses: list[float] = []
-
-    def closure() -> torch.Tensor:
-        loss = matcher.l2(Batch(x, target())) * scale
-        _set_grads(loss, leaves)
-        losses.append(float(loss.detach()))
-        return loss
-
-    opt.step(closure)
-    final = float(matcher.l2(Batch(x, target())).detach()) * scale
-    y = z.detach().argmax(-1).cpu() if label_logits is not None else labels
-    return x.detach().cpu(), y, losses, final
+def dlg_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
+    """DLG on a batch of trials: L-BFGS over dummy images and soft labels jointly."""
+    return _dlg_family(observed, victim, cfg, threat_models, seeds, "dlg")
 
 
-def _dlg_family(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int, name: str):
-    """DLG (joint soft labels) or iDLG (analytic labels, fixed), over seeded restarts."""
-    info = observed.public
-    matcher = Matcher(observed, victim, threat_model)
-    fixed = recover_labels(observed, victim, seed) if name == "idlg" else None
-    runs = []
-    for r in range(cfg.restarts):
-        x0 = random_images(info, seed, name, r)
-        logits0 = None
-        if fixed is None:
-            logits0 = torch.randn(
-                (info.batch_size, info.num_classes), generator=_generator(seed, "label-init", name, r)
-            )
-        if matcher.blind:  # nothing to match: the prior of restart 0
-            return _prior_result(x0, fixed if fixed is not None else logits0.argmax(-1))
-        runs.append(_lbfgs(matcher, x0, cfg, logits0, fixed))
-    return _best_of(runs)
-
-
-def dlg(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-    """DLG: L-BFGS on the squared gradient distance over dummy images and soft labels jointly."""
-    return _timed(lambda: _dlg_family(observed, victim, cfg, threat_model, seed, "dlg"))
-
-
-def idlg(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-    """iDLG: analytic labels from the visible last-layer gradient, then DLG's L-BFGS with the labels fixed."""
-    return _timed(lambda: _dlg_family(observed, victim, cfg, threat_model, seed, "idlg"))
+def idlg_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
+    """iDLG on a batch of trials: analytic labels from each trial's visible last layer, then L-BFGS on the images."""
+    return _dlg_family(observed, victim, cfg, threat_models, seeds, "idlg")
 
 
 # --- Inverting Gradients --------------------------------------------------------------------------------------
-def ig_objective(matcher: Matcher, x: torch.Tensor, labels: torch.Tensor, tv: float) -> torch.Tensor:
-    """IG's objective: 1 − cos(g(x, y), g_obs) + tv · TV(x)."""
-    return matcher.cosine(Batch(x, labels)) + tv * total_variation(x)
+def ig_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
+    """Inverting Gradients on a batch of trials: cosine + tv·TV, signed Adam with step decay, box [0, 1]."""
+    with Timer() as timer:
+        runs, priors = _runs(observed, victim, cfg, threat_models, seeds, "ig")
+        finals = x = None
+        trace: list[torch.Tensor] = []
+        if runs is not None:
+            matching = Matching(victim, observed[0])
+            norms = runs.target.norm(dim=1)
+            step = torch.func.vmap(
+                torch.func.grad_and_value(lambda x, y, t, w, n: matching.cosine(x, y, t, w, n, cfg.tv))
+            )
+            x = runs.x0.clone().requires_grad_()
+            opt = torch.optim.Adam([x], lr=cfg.lr)
+            milestones = [round(cfg.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+            schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+            for _ in range(cfg.steps):
+                grad, value = step(x.detach(), runs.labels, runs.target, runs.weight, norms)
+                x.grad = grad.sign()
+                opt.step()
+                schedule.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+                trace.append(value.detach())
+            _, finals = step(x.detach(), runs.labels, runs.target, runs.weight, norms)
+    return _results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
 
 
-def _signed_adam(
-    matcher: Matcher, x0: torch.Tensor, labels: torch.Tensor, cfg
-) -> tuple[torch.Tensor, torch.Tensor, list[float], float]:
-    """One IG run: Adam fed the sign of the input gradient, lr x0.1 at 3/8, 5/8, 7/8 of the steps, x kept in [0, 1]."""
-    device = matcher.victim.device
-    y = labels.to(device)
-    x = x0.to(device).clone().requires_grad_()
-    opt = torch.optim.Adam([x], lr=cfg.lr)
-    milestones = [round(cfg.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    losses: list[float] = []
-    for _ in range(cfg.steps):
-        loss = ig_objective(matcher, x, y, cfg.tv)
-        (grad,) = torch.autograd.grad(loss, [x])
-        x.grad = grad.sign()
-        opt.step()
-        schedule.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        losses.append(float(loss.detach()))
-    final = float(ig_objective(matcher, x, y, cfg.tv).detach())
-    return x.detach().cpu(), labels, losses, final
+BATCHED: dict[str, Callable[..., list[AttackResult]]] = {"dlg": dlg_batch, "idlg": idlg_batch, "ig": ig_batch}
 
 
-def _ig(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-    info = observed.public
-    matcher = Matcher(observed, victim, threat_model)
-    labels = recover_labels(observed, victim, seed)
-    runs = []
-    for r in range(cfg.restarts):
-        x0 = random_images(info, seed, "ig", r)
-        if matcher.blind or not matcher.target.any():  # no signal (the cosine is undefined): the prior of restart 0
-            return _prior_result(x0, labels)
-        runs.append(_signed_adam(matcher, x0, labels, cfg))
-    return _best_of(runs)
+def _one(batched: Callable[..., list[AttackResult]]) -> Callable[..., AttackResult]:
+    def attack(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
+        return batched([observed], victim, cfg, [threat_model], [seed])[0]
+
+    attack.__name__, attack.__doc__ = batched.__name__.removesuffix("_batch"), batched.__doc__
+    return attack
 
 
-def inverting_gradients(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-    """Inverting Gradients: cosine distance + tv·TV, signed Adam with step decay, box [0, 1], analytic labels."""
-    return _timed(lambda: _ig(observed, victim, cfg, threat_model, seed))
-
-
-ATTACKS: dict[str, Callable] = {"dlg": dlg, "idlg": idlg, "ig": inverting_gradients}
+ATTACKS: dict[str, Callable[..., AttackResult]] = {name: _one(fn) for name, fn in BATCHED.items()}
