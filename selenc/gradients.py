@@ -128,26 +128,32 @@ def at_input(victim: Victim, batch: Batch, x: torch.Tensor) -> Batch:
     return Batch(batch.inputs, batch.labels, batch.attention_mask, input_offset=x)
 
 
-def functional_update(victim: Victim, batch: Batch, cfg: Update) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x -> the flat update at input point x, written with torch.func so it composes with `jvp` (same values as
-    `client_update`)."""
+def batch_update(victim: Victim, cfg: Update) -> Callable[[Batch], torch.Tensor]:
+    """batch -> the flat update a client with that batch sends, written with torch.func so it composes with `jvp`,
+    `grad` and `vmap` (same values as `client_update`; labels may be ids or probabilities)."""
     names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
     theta0 = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
 
-    def loss(theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return victim.loss(at_input(victim, batch, x), params=theta)
+    def loss(theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return victim.loss(batch, params=theta)
 
-    def update(x: torch.Tensor) -> torch.Tensor:
+    def update(batch: Batch) -> torch.Tensor:
         if cfg.kind == "fedsgd":
-            g = torch.func.grad(loss)(theta0, x)
+            g = torch.func.grad(loss)(theta0, batch)
             return torch.cat([g[n].reshape(-1) for n in names])
         theta = theta0
         for _ in range(cfg.local_steps):
-            g = torch.func.grad(loss)(theta, x)
+            g = torch.func.grad(loss)(theta, batch)
             theta = {n: theta[n] - cfg.local_lr * g[n] for n in names}
         return torch.cat([(theta0[n] - theta[n]).reshape(-1) for n in names])
 
     return update
+
+
+def functional_update(victim: Victim, batch: Batch, cfg: Update) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> the flat update at input point x of `continuous_input`'s space (the batch's labels and tokens kept)."""
+    update = batch_update(victim, cfg)
+    return lambda x: update(at_input(victim, batch, x))
 
 
 def update_jvp(

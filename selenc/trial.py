@@ -107,14 +107,6 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
     return Outcome(**out)
 
 
-def run_trial(trial: Trial, params: Params, victim: Victim) -> Outcome:
-    """One trial on its own (a batch of one)."""
-    (outcome,) = run_trials([trial], params, victim)
-    if outcome.status != "ok":
-        raise RuntimeError(outcome.error)
-    return outcome
-
-
 def failure(exc: BaseException) -> Outcome:
     """An `error` outcome naming the exception and where it was raised."""
     tb = traceback.extract_tb(exc.__traceback__)

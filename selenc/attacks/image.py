@@ -38,11 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from selenc.attacks.base import AttackResult, Timer
 from selenc.attacks.lbfgs import lbfgs
 from selenc.config import THREAT_MODELS, derive_seed
+from selenc.gradients import batch_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate, PublicInfo
 
@@ -173,24 +173,11 @@ class Matching:
     vmapped over runs by the attacks."""
 
     def __init__(self, victim: Victim, observed: ObservedUpdate):
-        self.victim = victim
-        self.cfg = observed.public.update
-        self.names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
-        self.theta = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
-
-    def _loss(self, theta: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.victim.logits(Batch(x, y), params=theta), y)
+        self._update = batch_update(victim, observed.public.update)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The flat update a client with inputs x and labels y (ids or probabilities) would send."""
-        if self.cfg.kind == "fedsgd":
-            g = torch.func.grad(self._loss)(self.theta, x, y)
-            return torch.cat([g[n].reshape(-1) for n in self.names])
-        theta = self.theta
-        for _ in range(self.cfg.local_steps):
-            g = torch.func.grad(self._loss)(theta, x, y)
-            theta = {n: theta[n] - self.cfg.local_lr * g[n] for n in self.names}
-        return torch.cat([(self.theta[n] - theta[n]).reshape(-1) for n in self.names])
+        return self._update(Batch(x, y))
 
     def l2(self, x, y, target, weight, scale) -> torch.Tensor:
         return ((self.update(x, y) - target).square() * weight).sum() * scale
