@@ -107,12 +107,12 @@ class Store:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def path(self, key: str, prefix: str = "") -> Path:
-        return self.folder / f"{prefix}{key}.json"
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
 
-    def get(self, key: str, schema: type[M], prefix: str = "") -> M | None:
+    def get(self, key: str, schema: type[M]) -> M | None:
         """The entry under `key`, or None when it is absent, unreadable or not a valid `schema` (then removed)."""
-        path = self.path(key, prefix)
+        path = self.path(key)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -125,18 +125,18 @@ class Store:
             path.unlink(missing_ok=True)
             return None
 
-    def put(self, key: str, entry: BaseModel, prefix: str = "") -> None:
+    def put(self, key: str, entry: BaseModel) -> None:
         """Store `entry` atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(key, prefix)
+        path = self.path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entry.model_dump(), sort_keys=True), encoding="utf-8")  # inf/nan kept (PSNR)
         tmp.replace(path)
 
-    def get_or_compute(self, key: str, schema: type[M], compute: Callable[[], M], prefix: str = "") -> M:
+    def get_or_compute(self, key: str, schema: type[M], compute: Callable[[], M]) -> M:
         """The cached entry, or `compute()` stored under `key`."""
-        entry = self.get(key, schema, prefix)
+        entry = self.get(key, schema)
         if entry is None:
             entry = compute()
-            self.put(key, entry, prefix)
+            self.put(key, entry)
         return entry

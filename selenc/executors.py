@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 import torch
@@ -95,7 +95,6 @@ class _Slot:
     ready: bool = False
     task: list[Trial] | None = None
     started: float = 0.0
-    spawned: float = field(default_factory=time.monotonic)
 
 
 class LocalExecutor:

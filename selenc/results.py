@@ -84,15 +84,9 @@ _GRID = tuple(f.name for f in dataclasses.fields(Trial))
 COLUMNS: tuple[str, ...] = (_GRID[0], "dataset", *_GRID[1:], *Outcome.model_fields, *Cost.model_fields)
 
 
-def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost | None) -> dict:
-    """One results row (cost None: not measured, e.g. for a failed trial of an exploration run)."""
-    empty = dict.fromkeys(Cost.model_fields)
-    return (
-        dataclasses.asdict(trial)
-        | {"dataset": dataset}
-        | outcome.model_dump()
-        | (cost.model_dump() if cost is not None else empty)
-    )
+def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost) -> dict:
+    """One results row: the grid point, its dataset, what the trial measured and the HE cost of its ratio."""
+    return dataclasses.asdict(trial) | {"dataset": dataset} | outcome.model_dump() | cost.model_dump()
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
