@@ -6,8 +6,7 @@ Usage: python benchmarks/engine.py [--archs lenet,cnn,gpt2,bert] [--batches 1,4,
 Each architecture runs its main attack (lenet: dlg, cnn: ig, gpt2: lamp, bert: tag) at the default budget of
 params.yaml on real targets (trial i attacks target i mod the pool, batch 1, ratio 0, mask-aware, seed i), through
 the sweep's own entry point `attacks.BATCHED`. "one at a time" runs `--single` trials one call each; "batched B" runs
-`--trials` trials in calls of B trials. Text attacks are not vectorised yet (`attacks.VECTORISED`): they run one at a
-time whatever the batch, so only that row is measured for them.
+`--trials` trials in calls of B trials. Every main attack is vectorised (`attacks.VECTORISED`).
 
 Columns: wall seconds, attack-steps/s (optimiser iterations × restarts × trials / s: one step is one objective
 evaluation with its double backward for every trial in it), trials/hour of one process, and trials/hour of the whole

@@ -128,24 +128,29 @@ def at_input(victim: Victim, batch: Batch, x: torch.Tensor) -> Batch:
     return Batch(batch.inputs, batch.labels, batch.attention_mask, input_offset=x)
 
 
-def batch_update(victim: Victim, cfg: Update) -> Callable[[Batch], torch.Tensor]:
+def batch_update(victim: Victim, cfg: Update, names: Sequence[str] | None = None) -> Callable[[Batch], torch.Tensor]:
     """batch -> the flat update a client with that batch sends, written with torch.func so it composes with `jvp`,
-    `grad` and `vmap` (same values as `client_update`; labels may be ids or probabilities)."""
-    names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
+    `grad` and `vmap` (same values as `client_update`; labels may be ids or probabilities).
+
+    `names` restricts the update to those parameters (in that order), the others held at their values: exact for
+    FedSGD, and for FedAvg when the left-out parameters' gradient is zero (a token table fed embeddings)."""
     theta0 = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
+    names = list(theta0) if names is None else list(names)
+    fixed = {n: p for n, p in theta0.items() if n not in set(names)}
 
     def loss(theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        return victim.loss(batch, params=theta)
+        return victim.loss(batch, params=theta | fixed)
 
     def update(batch: Batch) -> torch.Tensor:
+        start = {n: theta0[n] for n in names}
         if cfg.kind == "fedsgd":
-            g = torch.func.grad(loss)(theta0, batch)
+            g = torch.func.grad(loss)(start, batch)
             return torch.cat([g[n].reshape(-1) for n in names])
-        theta = theta0
+        theta = start
         for _ in range(cfg.local_steps):
             g = torch.func.grad(loss)(theta, batch)
             theta = {n: theta[n] - cfg.local_lr * g[n] for n in names}
-        return torch.cat([(theta0[n] - theta[n]).reshape(-1) for n in names])
+        return torch.cat([(start[n] - theta[n]).reshape(-1) for n in names])
 
     return update
 

@@ -136,6 +136,12 @@ class Victim:
             return self._call(self.model, params, batch.inputs)
         key = "inputs_embeds" if batch.inputs.is_floating_point() else "input_ids"
         kwargs = {key: batch.inputs, "attention_mask": batch.attention_mask}
+        if self.arch == "bert" and batch.attention_mask is not None:
+            # the additive (B, 1, 1, T) form: transformers' own mask builder inspects the mask's values, which
+            # `torch.func.vmap` (the batched attacks) cannot trace; the logits are the same
+            dtype = next(self.model.parameters()).dtype
+            keep = batch.attention_mask[:, None, None, :].to(dtype)
+            kwargs["attention_mask"] = (1.0 - keep) * torch.finfo(dtype).min
         hook = None
         if batch.input_offset is not None:
             offset = batch.input_offset

@@ -9,12 +9,12 @@ run as tasks by the executor `sweep.executor` (`local` worker processes or a `da
 cached as soon as its task returns, so a killed sweep resumes on either executor and its table equals an uninterrupted
 run's. Errors and timeouts are never cached.
 
-Tasks (`partition`): the image attacks run a task as one vectorised batch, and a trial's floating-point result
-depends (at round-off level) on what shares its batch. So the batches are a fixed function of the grid and the params,
-never of what is cached or how many workers run: one batch per (attack, metric) of the grid, all its threat models,
-mask sources, ratios and samples, cut to `sweep.batch_trials` (0: at most MAX_BATCH of the device); and the cache key of
-a batched trial names its batch. A task with any trial missing runs whole. Adding a metric leaves the other metrics'
-batches and cache entries as they were.
+Tasks (`partition`): the optimisation attacks (`attacks.VECTORISED`) run a task as one vectorised batch, and a
+trial's floating-point result depends (at round-off level) on what shares its batch. So the batches are a fixed
+function of the grid and the params, never of what is cached or how many workers run: one batch per (attack, metric)
+of the grid, all its threat models, mask sources, ratios and samples, cut to `sweep.batch_trials` (0: at most
+MAX_BATCH of the device); and the cache key of a batched trial names its batch. A task with any trial missing runs
+whole. Adding a metric leaves the other metrics' batches and cache entries as they were.
 
 A sweep with any trial not finished fails (`SweepFailed`, a summary of the distinct errors with counts) and writes no
 table, unless `allow_errors` asks for the table anyway (exploration). HE cost is joined per ratio (`cost`).

@@ -30,7 +30,7 @@ import torch
 from scipy import stats
 
 from selenc.attacks.base import Matcher
-from selenc.attacks.text import frame
+from selenc.attacks.text.reading import frame
 from selenc.config import Update
 from selenc.gradients import at_input, continuous_input, functional_update
 from selenc.models import Batch, Victim

@@ -3,9 +3,9 @@
 real sample(s) -> client update g -> significance scores -> mask S (ratio ρ) -> the server's view (visible values +
 mask) -> attack -> reconstruction metrics, φ(S) and (B1). A trial is `prepare`d on the client's side, attacked by the
 server, and `finish`ed on the client's side again (metrics need the true sample). `run_trials` runs a worker's batch:
-consecutive trials of one attack are attacked together (`attacks.BATCHED`: one vectorised optimisation for the image
-attacks), and every trial's failure becomes an `error` outcome instead of stopping the batch. HE is not run per trial:
-its cost depends on k only and is measured once per ratio (`cost`).
+consecutive trials of one attack are attacked together (`attacks.BATCHED`: one vectorised optimisation for every
+optimisation attack), and every trial's failure becomes an `error` outcome instead of stopping the batch. HE is not
+run per trial: its cost depends on k only and is measured once per ratio (`cost`).
 """
 
 from __future__ import annotations

@@ -5,18 +5,12 @@ import torch
 
 from selenc import data
 from selenc.attacks.base import Matcher
-from selenc.attacks.text import (
-    ATTACKS,
-    Objective,
-    SeenRows,
-    _polish,
-    _proposal,
-    label_candidates,
-    leakage,
-    sequence_length,
-    token_leakage,
-    word_embedding,
-)
+from selenc.attacks.text import ATTACKS, BATCHED, optimise
+from selenc.attacks.text.decoding import proposal
+from selenc.attacks.text.objective import Distance
+from selenc.attacks.text.optimise import polish
+from selenc.attacks.text.reading import SeenRows, label_candidates, leakage, sequence_length, word_embedding
+from selenc.attacks.text.token_leakage import token_leakage
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import Batch
 from selenc.observed import ObservedUpdate, observe_client
@@ -146,8 +140,14 @@ def test_length_labels_and_vocabulary_from_the_update(victims, params, arch):
         assert torch.equal(values, ref_values) and torch.equal(seen, ref_seen)
 
 
+def distance_of(observed, victim, threat_model, kind, alpha, dummy):
+    d = Distance([observed], victim, [threat_model], kind, alpha)
+    row = [t[0] for t in d.rows(torch.zeros(1, dtype=torch.long))]
+    return float(d.value(dummy.inputs, dummy.labels, dummy.attention_mask, *row))
+
+
 @pytest.mark.parametrize("arch", TEXT)
-def test_objective_equals_the_matchers_distance(victims, params, arch):
+def test_distance_equals_the_matchers(victims, params, arch):
     victim = victims[arch]
     batch = victim.text_batch(sentences(1, 3))
     update = client_update(victim, batch, params.update)
@@ -156,25 +156,31 @@ def test_objective_equals_the_matchers_distance(victims, params, arch):
     width = victim.model.get_input_embeddings().embedding_dim
     x = torch.randn(1, batch.inputs.shape[1], width, generator=torch.Generator().manual_seed(1)) * 0.05
     dummy = Batch(x, batch.labels, batch.attention_mask)
+    layout = observed.layout
     for tm in ("mask_aware", "zero_fill"):
-        matcher, objective = Matcher(observed, victim, tm), Objective(observed, victim, tm)
-        pieces = objective.update(dummy, create_graph=False)
-        want, got = float(matcher.l2_l1(dummy, 0.01).detach()), float(objective.l2_l1(pieces, 0.01))
-        assert got == pytest.approx(want, rel=1e-4)
-        assert float(objective.cosine(pieces)) == pytest.approx(float(matcher.cosine(dummy).detach()), abs=1e-3)
+        matcher = Matcher(observed, victim, tm)
+        want = float(matcher.l2_l1(dummy, 0.01).detach())
+        assert distance_of(observed, victim, tm, "l2_l1", 0.01, dummy) == pytest.approx(want, rel=1e-4)
+        # LAMP's per-tensor cosine, from the full updates tensor by tensor
+        weight = torch.ones(observed.n) if tm == "zero_fill" else (~observed.mask).float()
+        d = client_update(victim, dummy, params.update) * weight
+        t = observed.zero_filled() * weight
+        pieces = [(d[layout.span(n)], t[layout.span(n)]) for n in layout.names if n != word_embedding(victim)[0]]
+        largest = max(float(b.norm()) for _, b in pieces)  # tensors at round-off (BERT's key biases) are left out
+        terms = [1 - float(a.dot(b) / (a.norm() * b.norm())) for a, b in pieces if float(b.norm()) > 1e-6 * largest]
+        got = distance_of(observed, victim, tm, "layer_cosine", 0.0, dummy)
+        assert got == pytest.approx(sum(terms) / len(terms), rel=1e-4)
 
 
-def test_fedavg_updates_go_through_the_matcher(victims, raw_params):
+def test_fedavg_distance_equals_the_matchers(victims, raw_params):
     victim = victims["gpt2"]
     params = with_changes(raw_params, **TINY, **{"update.kind": "fedavg", "update.local_steps": 2})
     batch = victim.text_batch(sentences(1, 7))
     observed = observe_client(victim, batch, params.update)
     x = victim.model.get_input_embeddings().weight.detach()[batch.inputs]
     dummy = Batch(x + 0.01, batch.labels, batch.attention_mask)
-    matcher, objective = Matcher(observed, victim, "mask_aware"), Objective(observed, victim, "mask_aware")
-    assert objective.generic
-    got = float(objective.l2_l1(objective.update(dummy, create_graph=False), 0.5))
-    assert got == pytest.approx(float(matcher.l2_l1(dummy, 0.5).detach()), rel=1e-5)
+    want = float(Matcher(observed, victim, "mask_aware").l2_l1(dummy, 0.5).detach())
+    assert distance_of(observed, victim, "mask_aware", "l2_l1", 0.5, dummy) == pytest.approx(want, rel=1e-5)
     assert label_candidates(observed, victim, "mask_aware")[1] == "probe"
     result = run("tag", observed, victim, params)
     assert len(result.token_ids[0]) == batch.inputs.shape[1] and len(result.losses) >= 3
@@ -239,18 +245,59 @@ def test_polish_keeps_only_improvements_and_undoes_a_swap():
     target = torch.arange(8).unsqueeze(0)
     seen = []
 
-    def distance(ids: torch.Tensor) -> float:  # tokens out of place
-        seen.append(ids.clone())
-        return float((ids != target).sum())
+    def score(rows, proposals) -> torch.Tensor:  # tokens out of place, every row's proposal in one call
+        seen.extend(p.clone() for p in proposals)
+        return torch.tensor([float((p != target).sum()) for p in proposals])
 
-    start = target.clone()
-    start[0, [1, 6]] = start[0, [6, 1]]
-    value, ids = _polish(start, distance(start), 300, distance, torch.Generator().manual_seed(0))
-    assert value == 0 and torch.equal(ids, target)
+    swapped, moved = target.clone(), target.clone()
+    swapped[0, [1, 6]] = swapped[0, [6, 1]]
+    moved[0] = moved[0, [0, 2, 3, 1, 4, 5, 6, 7]]
+    start = [(float((s != target).sum()), s) for s in (swapped, moved)]
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    found = polish(start, 400, score, gens)
+    assert all(value == 0 and torch.equal(ids, target) for value, ids in found), "both rows climb to the target"
     assert all(sorted(c[0].tolist()) == list(range(8)) for c in seen)  # reorderings only
     gen = torch.Generator().manual_seed(1)
-    assert all(not torch.equal(_proposal(n, gen), torch.arange(n)) for n in (2, 3, 9) for _ in range(100))
-    assert _polish(start, 2.0, 0, distance, torch.Generator())[1] is start  # no budget, no change
+    assert all(not torch.equal(proposal(n, gen), torch.arange(n)) for n in (2, 3, 9) for _ in range(100))
+    assert polish(start, 0, score, gens)[0][1] is swapped  # no budget, no change
+
+
+@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("name", ["tag", "lamp"])
+def test_batched_equals_one_at_a_time(victims, raw_params, arch, name, monkeypatch):
+    """Trials of different lengths, masks and threat models attacked as one batch give each trial the outcome it gets
+    alone, up to float round-off: the same labels and decoded tokens, losses to 1e-3; whether the batch's rows go
+    through one torch.func.vmap call (a GPU's way, forced here) or one by one through autograd (the CPU's). LAMP's
+    discrete phases compare distances that can tie to round-off, so there the losses are compared up to the first
+    phase and the decoded tokens as a multiset (the order may differ where two reorderings score alike)."""
+    victim = victims[arch]
+    params = with_changes(raw_params, **(TINY | {f"attacks.{name}.restarts": 2}))
+    cfg = getattr(params.attacks, name)
+    observed, threats = [], ["mask_aware", "zero_fill", "mask_aware"]
+    for i, start in enumerate((0, 1, 2)):
+        batch = victim.text_batch(sentences(1, start))
+        n = client_update(victim, batch, params.update).numel()
+        mask = torch.rand(n, generator=torch.Generator().manual_seed(i)) < 0.3 * i
+        observed.append(observe_client(victim, batch, params.update, mask))
+    assert len({o.public.batch_size for o in observed}) == 1
+    lengths = {victim.text_batch(sentences(1, s)).inputs.shape[1] for s in (0, 1, 2)}
+    assert len(lengths) > 1, "the batch mixes lengths, so its rows are padded"
+    eager = BATCHED[name](observed, victim, cfg, threats, [3, 4, 5])
+    monkeypatch.setitem(optimise.VECTORISE, "cpu", True)
+    vectorised = BATCHED[name](observed, victim, cfg, threats, [3, 4, 5])
+    monkeypatch.undo()
+    for i in range(3):
+        alone = BATCHED[name]([observed[i]], victim, cfg, [threats[i]], [3 + i])[0]
+        for together in (eager[i], vectorised[i]):
+            assert torch.equal(together.labels, alone.labels)
+            if name == "tag":
+                assert together.token_ids == alone.token_ids
+                assert together.losses == pytest.approx(alone.losses, rel=1e-3)
+            else:
+                assert [sorted(t) for t in together.token_ids] == [sorted(t) for t in alone.token_ids]
+                first = cfg.reorder_every
+                assert together.losses[:first] == pytest.approx(alone.losses[:first], rel=1e-3)
+            assert together.info["batch"] == 3 and alone.info["batch"] == 1
 
 
 @pytest.mark.parametrize("arch", TEXT)

@@ -13,6 +13,7 @@ the observed update alone, so its objective cannot depend on hidden values:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -92,3 +93,23 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def one_trial(batched: Callable[..., list[AttackResult]]) -> Callable[..., AttackResult]:
+    """The one-trial form `(observed, victim, cfg, threat_model, seed) -> AttackResult` of a batched attack."""
+
+    def attack(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str = "mask_aware", seed: int = 0):
+        return batched([observed], victim, cfg, [threat_model], [seed])[0]
+
+    attack.__name__, attack.__doc__ = batched.__name__.removesuffix("_batch"), batched.__doc__
+    return attack
+
+
+def one_by_one(attack: Callable[..., AttackResult]) -> Callable[..., list[AttackResult]]:
+    """The batched form of a one-trial attack: its trials one after another."""
+
+    def batched(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
+        return [attack(o, victim, cfg, tm, s) for o, tm, s in zip(observed, threat_models, seeds, strict=True)]
+
+    batched.__name__ = f"{attack.__name__}_batch"
+    return batched

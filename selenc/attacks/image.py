@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.attacks.base import AttackResult, Timer
+from selenc.attacks.base import AttackResult, Timer, one_trial
 from selenc.attacks.lbfgs import lbfgs
 from selenc.config import THREAT_MODELS, derive_seed
 from selenc.gradients import batch_update
@@ -184,7 +184,8 @@ class Matching:
 
     def cosine(self, x, y, target, weight, target_norm, tv: float) -> torch.Tensor:
         g = self.update(x, y) * weight
-        return 1.0 - g.dot(target) / (g.norm().clamp_min(1e-12) * target_norm) + tv * total_variation(x)
+        # a sum, not a dot: vmap turns a dot into a batched product with naive float32 accumulation
+        return 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target_norm) + tv * total_variation(x)
 
 
 def _check(observed: list[ObservedUpdate], threat_models: list[str], seeds: list[int]) -> None:
@@ -336,12 +337,4 @@ def ig_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
 BATCHED: dict[str, Callable[..., list[AttackResult]]] = {"dlg": dlg_batch, "idlg": idlg_batch, "ig": ig_batch}
 
 
-def _one(batched: Callable[..., list[AttackResult]]) -> Callable[..., AttackResult]:
-    def attack(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
-        return batched([observed], victim, cfg, [threat_model], [seed])[0]
-
-    attack.__name__, attack.__doc__ = batched.__name__.removesuffix("_batch"), batched.__doc__
-    return attack
-
-
-ATTACKS: dict[str, Callable[..., AttackResult]] = {name: _one(fn) for name, fn in BATCHED.items()}
+ATTACKS: dict[str, Callable[..., AttackResult]] = {name: one_trial(fn) for name, fn in BATCHED.items()}

@@ -1,0 +1,256 @@
+"""What a text update gives away without optimisation, read off the server's view of the embedding gradients.
+
+**What the embedding gradients give away.** Row v of the token-embedding gradient is non-zero iff token v is in the
+batch. Row p of the position-embedding gradient is non-zero iff some sentence reaches position p (padding is masked
+out of attention; GPT-2 pools the last real position and is causal), so the used rows are exactly 0..T−1. With one
+sentence (B = 1) more leaks: the embedding layer adds word row v and position row p at each position, so position
+row p's gradient is the gradient e_p of that position, and word row v's is the sum of e_p over the positions holding
+v. Least squares then recovers the whole sentence, order and repeats included (`order_by_positions`).
+
+**Sequence length.** From the position rows (`sequence_length`): exact when they pin it down; otherwise estimated
+from the rows that are seen and the number of distinct leaked tokens (a lower bound), else the public max_length.
+
+**Labels** (`label_candidates`). BERT's head bias gradient g_c = p̄_c − n_c/B leaves at B = 1 exactly the true
+label (iDLG); label multisets are filtered by 0 < g_c + n_c/B < 1. GPT-2's `score` head has no bias: the classifier
+gradient of a binary head is matched equally well by the wrong label with a negated feature, so every candidate
+multiset (B+1 for two classes) is left to the optimisation attacks to probe.
+
+**Threat models** (`SeenRows`): mask_aware reads the visible entries; zero_fill reads every entry with hidden ones as
+0 (so it has no unknown rows).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from selenc.config import THREAT_MODELS
+from selenc.models import Victim
+from selenc.observed import ObservedUpdate
+
+MAX_LABEL_CANDIDATES = 16  # label multisets probed at most
+ORDER_TOLERANCE = 1e-3  # relative residual under which the position decomposition counts as exact
+
+
+# --- the model's embedding tables, head and tokenizer frame -------------------------------------------------------
+def _param(victim: Victim, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+    return next((n, p) for n, p in victim.model.named_parameters() if p is tensor)
+
+
+def word_embedding(victim: Victim) -> tuple[str, torch.Tensor]:
+    """(name, parameter) of the token-embedding table."""
+    return _param(victim, victim.model.get_input_embeddings().weight)
+
+
+def position_embedding(victim: Victim) -> tuple[str, torch.Tensor] | None:
+    """(name, parameter) of the learned absolute position embeddings (BERT, GPT-2), or None."""
+    layer = input_layer(victim)
+    return None if layer is None else _param(victim, layer[0])
+
+
+def input_layer(victim: Victim) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """How the model turns word embeddings into its first hidden states: (position table, constant offset, whether a
+    LayerNorm follows). BERT: LN(w + pos + type_0); GPT-2: w + wpe (its LayerNorms sit inside the blocks)."""
+    model = victim.model
+    if hasattr(model, "bert"):
+        emb = model.bert.embeddings
+        return emb.position_embeddings.weight, emb.token_type_embeddings.weight.detach()[0], True
+    if hasattr(model, "transformer") and hasattr(model.transformer, "wpe"):
+        wpe = model.transformer.wpe.weight
+        return wpe, torch.zeros_like(wpe[0]).detach(), False
+    return None
+
+
+def head_bias(victim: Victim) -> tuple[str, torch.Tensor] | None:
+    """(name, parameter) of the classification head's bias (BERT's `classifier.bias`); None without one (GPT-2)."""
+    head = getattr(victim.model, "classifier", None) or getattr(victim.model, "score", None)
+    bias = getattr(head, "bias", None)
+    return None if bias is None else _param(victim, bias)
+
+
+def frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after every sentence (BERT: [CLS] / [SEP]; GPT-2: none)."""
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    outer = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(outer)) if outer[i : i + len(inner)] == inner)
+    return outer[:start], outer[start + len(inner) :]
+
+
+def excluded(tokenizer) -> list[int]:
+    """Special tokens that never occur inside a sentence ([UNK] can, so it stays)."""
+    return sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id})
+
+
+def strip(tokenizer, ids: list[int]) -> list[int]:
+    special = set(tokenizer.all_special_ids)
+    return [i for i in ids if i not in special]
+
+
+def _check_threat_model(threat_model: str) -> None:
+    if threat_model not in THREAT_MODELS:
+        raise ValueError(f"unknown threat model {threat_model!r}; allowed: {', '.join(THREAT_MODELS)}")
+
+
+class SeenRows:
+    """Parameters' updates as the attacker reads them: `ObservedUpdate.rows` (values with hidden entries 0, bool mask of
+    visible entries) with the zero-filled vector built once; zero_fill takes every coordinate as seen."""
+
+    def __init__(self, observed: ObservedUpdate, threat_model: str):
+        _check_threat_model(threat_model)
+        self.observed, self.threat_model = observed, threat_model
+        self._full: torch.Tensor | None = None
+
+    def __call__(self, name: str, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._full is None:
+            self._full = self.observed.zero_filled()
+        span = self.observed.layout.span(name)
+        values = self._full[span].view(tuple(shape))
+        if self.threat_model == "zero_fill":
+            return values, torch.ones(values.shape, dtype=torch.bool, device=values.device)
+        return values, (~self.observed.mask[span]).view(tuple(shape)).to(values.device)
+
+
+def _reader(observed: ObservedUpdate, threat_model: str, rows: SeenRows | None) -> SeenRows:
+    return rows if rows is not None else SeenRows(observed, threat_model)
+
+
+# --- what the update reveals without optimisation --------------------------------------------------------------
+@dataclass(frozen=True)
+class Leakage:
+    """Token-embedding rows: leaked (a seen entry is non-zero), unknown (no entry seen), absent (seen, all zero)."""
+
+    leaked: torch.Tensor  # ids of tokens in the batch, ascending
+    unknown: torch.Tensor  # ids whose row is fully hidden: in the batch or not, only the client knows
+    vocab_size: int
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """Every token that can be in the batch given what is seen: leaked ∪ unknown, ascending."""
+        return torch.cat([self.leaked, self.unknown]).sort().values
+
+
+def leakage(
+    observed: ObservedUpdate, victim: Victim, threat_model: str = "mask_aware", rows: SeenRows | None = None
+) -> Leakage:
+    """Read the token set off the token-embedding gradient: a row is non-zero iff its token is in the batch."""
+    name, table = word_embedding(victim)
+    values, seen = _reader(observed, threat_model, rows)(name, table.shape)
+    leaked = ((values != 0) & seen).any(1)
+    unknown = ~seen.any(1)
+    return Leakage(leaked.nonzero().flatten().cpu(), unknown.nonzero().flatten().cpu(), table.shape[0])
+
+
+def sequence_length(
+    observed: ObservedUpdate,
+    victim: Victim,
+    threat_model: str,
+    leak: Leakage | None = None,
+    rows: SeenRows | None = None,
+) -> tuple[int, str]:
+    """The batch's padded length T (frame tokens included) and how it was found.
+
+    A position row counts as used when a seen entry is non-zero, as unused when its seen entries are all zero (a
+    used row is dense), and as unknown when fully hidden. Used rows are 0..T−1, so T is pinned when the last used
+    row is followed by an unused one (or by max_length): `position_rows`. Otherwise T is the largest of the known
+    lower bounds (last used row + 1, distinct leaked tokens / B), capped by the first unused row; with no position
+    row and no token row seen, the public max_length.
+    """
+    max_len = victim.input_shape[0]
+    prefix, suffix = frame(victim.tokenizer)
+    shortest = len(prefix) + len(suffix) + 1
+    lo, hi, used_any = 0, max_len, False
+    pos = position_embedding(victim)
+    if pos is not None:
+        name, table = pos
+        values, seen = _reader(observed, threat_model, rows)(name, table.shape)
+        values, seen = values[:max_len], seen[:max_len]
+        used = ((values != 0) & seen).any(1)
+        if used.any():
+            used_any = True
+            lo = int(used.nonzero().max()) + 1
+            unused_after = (seen.any(1) & ~used)[lo:].nonzero().flatten()
+            hi = lo + int(unused_after[0]) if unused_after.numel() else max_len
+            if lo == hi:
+                return max(lo, shortest), "position_rows"
+    distinct = 0 if leak is None else -(-len(leak.leaked) // observed.public.batch_size)
+    if distinct:
+        source = "position_rows+leaked_tokens" if used_any else "leaked_tokens"
+        return min(max(lo, distinct, shortest), hi), source
+    if used_any:
+        return max(lo, shortest), "position_rows_lower_bound"
+    return max_len, "max_length"
+
+
+def label_candidates(
+    observed: ObservedUpdate, victim: Victim, threat_model: str, rows: SeenRows | None = None
+) -> tuple[list[tuple[int, ...]], str]:
+    """Label multisets (sorted tuples) consistent with the head's bias gradient, and where they came from.
+
+    FedSGD: the bias gradient is g_c = p̄_c − n_c/B (p̄_c the batch's mean softmax, n_c the count of label c), so
+    0 < g_c + n_c/B < 1 for every class whose entry is seen; at B = 1 only the true label passes (iDLG). FedAvg: the
+    same test on update/(lr·steps) with a tolerance. Without a seen bias (GPT-2's `score` has none) every multiset
+    remains (`probe`: the attack tries them). If none passes (zero_fill reading a hidden bias as 0), all remain.
+    """
+    info = observed.public
+    batch, classes = info.batch_size, info.num_classes
+    every = list(itertools.combinations_with_replacement(range(classes), batch))[:MAX_LABEL_CANDIDATES]
+    bias = head_bias(victim)
+    if bias is None:
+        return every, "probe"
+    name, param = bias
+    values, seen = _reader(observed, threat_model, rows)(name, param.shape)
+    if not seen.any():
+        return every, "probe"
+    upd = info.update
+    scale, tol = (1.0, 1e-6) if upd.kind == "fedsgd" else (upd.local_lr * upd.local_steps, 0.05)
+    g, seen = (values.double() / scale).cpu(), seen.cpu()
+
+    def feasible(labels: tuple[int, ...]) -> bool:
+        p = g + torch.bincount(torch.tensor(labels), minlength=classes).double() / batch
+        return bool(((p > -tol) & (p < 1 + tol))[seen].all())
+
+    kept = [c for c in every if feasible(c)]
+    if not kept:
+        return every, "probe"
+    return kept, "head_bias" if len(kept) == 1 else "head_bias+probe"
+
+
+def order_by_positions(
+    observed: ObservedUpdate, victim: Victim, threat_model: str, leak: Leakage, rows: SeenRows | None = None
+) -> list[int] | None:
+    """B = 1: the whole token sequence (order and repeats) from the embedding gradients, or None.
+
+    Position row p's gradient is e_p (the gradient at position p) and word row v's is Σ e_p over the positions
+    holding v: R = A·G with A the 0/1 token-by-position assignment. Least squares on the columns seen in every
+    involved row, rounded to one token per position, is accepted only if it reproduces R (relative residual below
+    1e-3) and uses every leaked token. Needs T pinned by the position rows, no fully hidden word row and at least T
+    commonly seen columns (G has rank T ≤ E generically).
+    """
+    pos = position_embedding(victim)
+    if pos is None or observed.public.batch_size != 1 or leak.unknown.numel() or not leak.leaked.numel():
+        return None
+    reader = _reader(observed, threat_model, rows)
+    length, source = sequence_length(observed, victim, threat_model, leak, reader)
+    if source != "position_rows":
+        return None
+    name, table = pos
+    p_vals, p_seen = reader(name, table.shape)
+    w_name, w_table = word_embedding(victim)
+    w_vals, w_seen = reader(w_name, w_table.shape)
+    ids = leak.leaked.to(w_vals.device)
+    cols = p_seen[:length].all(0) & w_seen[ids].all(0)
+    if int(cols.sum()) < length:
+        return None
+    g = p_vals[:length][:, cols].double()
+    r = w_vals[ids][:, cols].double()
+    a = torch.linalg.lstsq(g.T, r.T).solution.T  # (K, T)
+    assign = a.argmax(0)
+    if assign.unique().numel() != ids.numel():
+        return None
+    residual = (r - F.one_hot(assign, ids.numel()).T.double() @ g).norm() / r.norm().clamp_min(1e-30)
+    if residual > ORDER_TOLERANCE:
+        return None
+    return leak.leaked[assign.cpu()].tolist()

@@ -1,0 +1,73 @@
+"""`token_leakage`: the analytic text attack, no optimisation: everything the embedding gradients give away (`reading`).
+
+The token set comes from the rows with a visible non-zero entry (a partly hidden row counts as leaked if any visible
+entry is non-zero; fully hidden rows are unknown and not reported). Counts and order are recovered only at B = 1 with
+the position rows and the leaked word rows visible (checked by the residual); else the answer is the set, one copy per
+token, given to every sample (the set cannot be attributed to samples). With the whole sentence known and several
+label candidates left, each candidate's update is compared with the observed one and the closest wins.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from selenc.attacks.base import AttackResult, Timer
+from selenc.attacks.text.objective import Distance
+from selenc.attacks.text.reading import (
+    SeenRows,
+    label_candidates,
+    leakage,
+    order_by_positions,
+    sequence_length,
+    strip,
+)
+from selenc.models import Victim
+from selenc.observed import ObservedUpdate
+
+
+def token_leakage(
+    observed: ObservedUpdate, victim: Victim, cfg=None, threat_model: str = "mask_aware", seed: int = 0
+) -> AttackResult:
+    """Analytic: the batch's token set from the non-zero token-embedding rows; at B = 1 the full sentence when the
+    position decomposition is exact (then also the label, by testing each candidate on the recovered sentence)."""
+    with Timer() as timer:
+        reader = SeenRows(observed, threat_model)
+        batch = observed.public.batch_size
+        tok = victim.tokenizer
+        leak = leakage(observed, victim, threat_model, reader)
+        bag = strip(tok, leak.leaked.tolist())
+        ordered = order_by_positions(observed, victim, threat_model, leak, reader)
+        token_ids = [strip(tok, ordered)] if ordered is not None else [list(bag) for _ in range(batch)]
+        length, length_source = sequence_length(observed, victim, threat_model, leak, reader)
+        cands, label_source = label_candidates(observed, victim, threat_model, reader)
+        labels = cands[0]
+        if len(cands) > 1 and ordered is not None:
+            distance = Distance([observed], victim, [threat_model], "l2_l1")
+            if not distance.blind[0]:
+                ids = torch.tensor([ordered], device=victim.device)
+                embeds = victim.model.get_input_embeddings().weight.detach()[ids]
+                mask = torch.ones_like(ids)
+                row = [t[0] for t in distance.rows(torch.zeros(1, dtype=torch.long, device=victim.device))]
+                with torch.no_grad():
+                    losses = [
+                        float(distance.value(embeds, torch.tensor(c, device=victim.device), mask, *row)) for c in cands
+                    ]
+                labels = cands[min(range(len(cands)), key=losses.__getitem__)]
+                label_source += "+exact_tokens"
+    return AttackResult(
+        labels=torch.tensor(labels),
+        token_ids=token_ids,
+        texts=[tok.decode(ids) for ids in token_ids],
+        seconds=timer.seconds,
+        info={
+            "threat_model": threat_model,
+            "leaked_tokens": len(bag),
+            "leaked_ids": bag,
+            "unknown_rows": int(leak.unknown.numel()),
+            "ordered": ordered is not None,
+            "counts": "exact (B=1 position decomposition)" if ordered is not None else "set only (one copy each)",
+            "length": length,
+            "length_source": length_source,
+            "label_source": label_source,
+        },
+    )
