@@ -126,9 +126,10 @@ def path_states(view: ClientView, x: torch.Tensor, gen: torch.Generator) -> list
     target = view.update
     states = []
     for step in range(2 * view.cfg.samples):
-        opt.zero_grad()
         g = client_update(view.victim, at_input(view.victim, view.batch, x_t), view.update_cfg, create_graph=True)
-        (g - target).square().sum().backward()
+        # autograd.grad, not .backward(): nothing data-dependent lands in the model's .grad, which the server's
+        # attacker is later handed
+        (x_t.grad,) = torch.autograd.grad((g - target).square().sum(), [x_t])
         opt.step()
         if view.victim.modality == "image":
             with torch.no_grad():

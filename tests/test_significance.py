@@ -125,7 +125,13 @@ def test_near_field_distance_approaches_sensitivity(tiny, params):
 
 def test_distance_fields_differ_and_path_runs(victims, small):
     view = view_of(victims["lenet"], small)
+    for p in view.victim.model.parameters():
+        p.grad = None
     far, near, path = (distance_significance(view, q) for q in ("far", "near", "path"))
+    for name in set(METRICS) - {"embedding_rows"}:  # every image metric runs on the same model
+        scores(name, view)
+    # the server hands this model to the attacker: no data-dependent gradient may be left on it
+    assert all(p.grad is None for p in view.victim.model.parameters())
     assert far.sum() > 100 * near.sum()  # far candidates are much further from x than ε-perturbations
     assert torch.isfinite(path).all() and path.sum() > 0
     with pytest.raises(ValueError, match="unknown distance field Q='mid'"):
