@@ -29,9 +29,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from selenc import data, metrics
-from selenc.attacks.text import ATTACKS, LAMP_LAYERWISE, Dummy, Objective
+from selenc.attacks.text import ATTACKS
+from selenc.attacks.text.decoding import Decoder
+from selenc.attacks.text.objective import Distance
+from selenc.attacks.text.reading import frame
 from selenc.config import derive_seed, parse_params
-from selenc.models import Batch, build_victim
+from selenc.models import build_victim
 from selenc.observed import observe_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,26 +91,27 @@ def speed(victim, params, repeats: int) -> list[tuple]:
     """(arch, T, plain fwd+bwd ms, tag step ms, lamp step ms) on target sentence 1."""
     batch = victim.text_batch([data.target_sentences()[1]])
     observed = observe_client(victim, batch, params.update)
-    objective = Objective(observed, victim, "mask_aware")  # target cut once, visible coordinates by index
-    dummy = Dummy(victim, 1, batch.inputs.shape[1], None, torch.Generator().manual_seed(0))
+    decoder = Decoder(victim, 1, batch.inputs.shape[1], None, None)
+    inner = decoder.init(torch.Generator().manual_seed(0)).requires_grad_()
+    pre, suf = (decoder.table[torch.tensor(ids, dtype=torch.long)][None] for ids in frame(victim.tokenizer))
     model_params = [p for p in victim.model.parameters() if p.requires_grad]
 
     def plain() -> None:
         torch.autograd.grad(victim.loss(batch), model_params)
 
-    def step(kind: str):
+    def step(kind: str):  # one row through the CPU's path (plain autograd), as the attacks run it here
+        distance = Distance([observed], victim, ["mask_aware"], kind, params.attacks.tag.alpha)
+        row = [t[0] for t in distance.rows(torch.zeros(1, dtype=torch.long))]
+
         def run() -> None:
-            pieces = objective.update(Batch(dummy.embeds(), batch.labels, batch.attention_mask))
-            if kind == "tag":
-                loss = objective.l2_l1(pieces, params.attacks.tag.alpha)
-            else:
-                loss = objective.layer_cosine(pieces) if LAMP_LAYERWISE else objective.cosine(pieces)
-            torch.autograd.grad(loss, [dummy.param])
+            embeds = torch.cat([pre, inner, suf], 1)
+            loss = distance.value(embeds, batch.labels, batch.attention_mask, *row, eager=True)
+            torch.autograd.grad(loss, [inner])
 
         return run
 
     base = _median_ms(plain, repeats)
-    tag_ms, lamp_ms = _median_ms(step("tag"), repeats), _median_ms(step("lamp"), repeats)
+    tag_ms, lamp_ms = _median_ms(step("l2_l1"), repeats), _median_ms(step("layer_cosine"), repeats)
     return [(victim.arch, batch.inputs.shape[1], base, tag_ms, lamp_ms)]
 
 
