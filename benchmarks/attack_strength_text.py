@@ -101,7 +101,7 @@ def speed(victim, params, repeats: int) -> list[tuple]:
 
     def step(kind: str):  # one row through the CPU's path (plain autograd), as the attacks run it here
         distance = Distance([observed], victim, ["mask_aware"], kind, params.attacks.tag.alpha)
-        row = [t[0] for t in distance.rows(torch.zeros(1, dtype=torch.long))]
+        row = distance.row()
 
         def run() -> None:
             embeds = torch.cat([pre, inner, suf], 1)

@@ -142,7 +142,7 @@ def test_length_labels_and_vocabulary_from_the_update(victims, params, arch):
 
 def distance_of(observed, victim, threat_model, kind, alpha, dummy):
     d = Distance([observed], victim, [threat_model], kind, alpha)
-    row = [t[0] for t in d.rows(torch.zeros(1, dtype=torch.long))]
+    row = d.row()
     return float(d.value(dummy.inputs, dummy.labels, dummy.attention_mask, *row))
 
 

@@ -72,6 +72,8 @@ class Distance:
         )
         pieces = self.target.split(sizes, 1)
         self.target_norms = torch.stack([p.square().sum(1) for p in pieces], 1).sqrt() if sizes else target[:, :0]
+        # per trial and tensor: every coordinate compared (the weight can be skipped)
+        self.dense = torch.stack([p.bool().all(1) for p in self.weight.split(sizes, 1)], 1) if sizes else target[:, :0]
         if sizes:
             negligible = self.target_norms <= NEGLIGIBLE * self.target_norms.amax(1, keepdim=True)
             self.target_norms = torch.where(negligible, 0.0, self.target_norms)  # 0: left out of the layer cosine
@@ -84,9 +86,14 @@ class Distance:
 
     def rows(self, trials: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-row inputs of `value` for rows of the given trials: (target, weight, target norms, constant)."""
-        return tuple(t.index_select(0, trials) for t in (self.target, self.weight, self.target_norms, self.constant))
+        per_trial = (self.target, self.weight, self.target_norms, self.constant, self.dense)
+        return tuple(t.index_select(0, trials) for t in per_trial)
 
-    def value(self, embeds, labels, mask, target, weight, target_norms, constant, eager: bool = False):
+    def row(self, trial: int = 0) -> list[torch.Tensor]:
+        """`rows` for one row of trial `trial` (no row dimension)."""
+        return [t[0] for t in self.rows(torch.tensor([trial], device=self.target.device))]
+
+    def value(self, embeds, labels, mask, target, weight, target_norms, constant, dense, eager: bool = False):
         """One row's distance: dummy embeddings (B, T, E), labels (B,), attention mask (B, T) and the row's part of
         `rows` (target and 0/1 weight over the compared parameters, per-tensor target norms, constant).
 
@@ -95,13 +102,13 @@ class Distance:
         what one row on a CPU wants."""
         batch = Batch(embeds, labels, mask)
         if eager and not self.generic:
-            return self._eager_value(batch, target, weight, target_norms, constant)
+            return self._eager_value(batch, target, weight, target_norms, constant, dense.tolist())
         d = self._update(batch)
         if self.kind == "l2_l1":
             return _L2L1.apply(d, target, weight, self.alpha)[0] + constant
         return _LayerCosine.apply(d, target, weight, target_norms, self.segment, self.sizes)[0]
 
-    def _eager_value(self, batch: Batch, target, weight, target_norms, constant) -> torch.Tensor:
+    def _eager_value(self, batch: Batch, target, weight, target_norms, constant, dense: list[bool]) -> torch.Tensor:
         """`value` tensor by tensor: no concatenated update, and no weight pass on fully compared tensors."""
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():  # the update is a gradient even when the distance itself is not differentiated
@@ -109,12 +116,11 @@ class Distance:
             grads = torch.autograd.grad(loss, self._leaves, create_graph=create_graph, materialize_grads=True)
         terms = []
         for k, (g, a, b) in enumerate(zip(grads, self.offsets[:-1], self.offsets[1:], strict=True)):
-            w = weight[a:b]
-            dense = bool(w.all())
+            w = None if dense[k] else weight[a:b]
             if self.kind == "l2_l1":
-                terms.append(_L2L1.apply(g.reshape(-1), target[a:b], None if dense else w, self.alpha)[0])
+                terms.append(_L2L1.apply(g.reshape(-1), target[a:b], w, self.alpha)[0])
             elif target_norms[k] > 0:
-                d = g.reshape(-1) if dense else g.reshape(-1) * w
+                d = g.reshape(-1) if w is None else g.reshape(-1) * w
                 terms.append(1.0 - d.dot(target[a:b]) / (d.norm().clamp_min(1e-12) * target_norms[k]))
         if self.kind == "l2_l1":
             return sum(terms) + constant

@@ -247,8 +247,8 @@ def _optimise(
 
     per_row = 12 * 4 * distance.target.shape[1] + 4 * rows.x[0].numel() * 64  # update, targets, grads; activations
     chunk = _chunk(per_row, len(rows), victim.device)
-    if eager:  # the same row functions, one row at a time through plain autograd
-        step, scorer = _row_by_row(loss_row, grad=True), _row_by_row(score_row, grad=False)
+    if eager:  # the same row functions, one row at a time through plain autograd, each at its own length
+        step, scorer = _row_by_row(_unpadded(loss_row), grad=True), _row_by_row(_unpadded(score_row), grad=False)
     else:
         step, scorer = torch.func.vmap(torch.func.grad_and_value(loss_row)), torch.func.vmap(score_row)
 
@@ -319,6 +319,17 @@ def _optimise(
         out[i] = _result(victim, found[win][1], labels, rows.losses[win], reading.info)
         out[i].info["restart_distances"] = [found[k][0] for k in members]
     return out
+
+
+def _unpadded(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn(x, order, mask, ...)` on one row without its padding positions (masked out, so the value is the same; a
+    padded position costs as much as a real one when rows are evaluated one at a time)."""
+
+    def row(x: torch.Tensor, order: torch.Tensor, mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        length = int(mask[0].sum())
+        return fn(x, order[:length], mask[:, :length], *rest)
+
+    return row
 
 
 def _row_by_row(fn: Callable[..., torch.Tensor], grad: bool) -> Callable[..., torch.Tensor]:

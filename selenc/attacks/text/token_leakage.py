@@ -47,7 +47,7 @@ def token_leakage(
                 ids = torch.tensor([ordered], device=victim.device)
                 embeds = victim.model.get_input_embeddings().weight.detach()[ids]
                 mask = torch.ones_like(ids)
-                row = [t[0] for t in distance.rows(torch.zeros(1, dtype=torch.long, device=victim.device))]
+                row = distance.row()
                 with torch.no_grad():
                     losses = [
                         float(distance.value(embeds, torch.tensor(c, device=victim.device), mask, *row)) for c in cands
