@@ -1,12 +1,13 @@
 """Throughput of the attack engine: attack-steps/s and trials/hour, one trial at a time vs batched.
 
 Usage: python benchmarks/engine.py [--archs lenet,cnn,gpt2,bert] [--batches 1,4,8,16] [--trials 16] [--single 4]
-                                   [--device auto] [--params params.yaml]
+                                   [--device auto] [--params params.yaml] [--text-vmap]
 
 Each architecture runs its main attack (lenet: dlg, cnn: ig, gpt2: lamp, bert: tag) at the default budget of
 params.yaml on real targets (trial i attacks target i mod the pool, batch 1, ratio 0, mask-aware, seed i), through
 the sweep's own entry point `attacks.BATCHED`. "one at a time" runs `--single` trials one call each; "batched B" runs
-`--trials` trials in calls of B trials. Every main attack is vectorised (`attacks.VECTORISED`).
+`--trials` trials in calls of B trials. Every main attack is vectorised (`attacks.VECTORISED`); the text attacks'
+rows go through one vmap call on a GPU and one by one through autograd on a CPU (`--text-vmap`: vmap on the CPU too).
 
 Columns: wall seconds, attack-steps/s (optimiser iterations × restarts × trials / s: one step is one objective
 evaluation with its double backward for every trial in it), trials/hour of one process, and trials/hour of the whole
@@ -27,6 +28,7 @@ import torch
 
 from selenc import data
 from selenc.attacks import BATCHED, VECTORISED
+from selenc.attacks.text import optimise
 from selenc.config import load_params
 from selenc.models import build_victim, resolve_device, target_batch
 from selenc.observed import observe_client
@@ -67,7 +69,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=None, help="trials of the one-at-a-time row (default 4 / 2)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument(
+        "--text-vmap", action="store_true", help="text rows through torch.func.vmap on the CPU too (default: GPU only)"
+    )
     args = parser.parse_args()
+    if args.text_vmap:
+        optimise.VECTORISE["cpu"] = True
     torch.set_num_threads(1)
     params = load_params(args.params)
     device = resolve_device(args.device)
@@ -77,7 +84,11 @@ def main() -> None:
     single = args.single or (2 if cuda else 4)
     processes = 1 if cuda else os.cpu_count() or 1
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {os.cpu_count()} cores"
-    print(f"device: {where}; torch {torch.__version__}, 1 thread per process; {time.strftime('%Y-%m-%d')}\n")
+    text_rows = "vmap" if optimise.VECTORISE[device.type] else "one by one through autograd"
+    print(
+        f"device: {where}; torch {torch.__version__}, 1 thread per process; text rows: {text_rows}; "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     print(
         "| arch | attack | steps x restarts | mode | batch | trials | seconds | attack-steps/s | trials/h (process) "
         f"| trials/h (machine, {processes} process{'es' if processes > 1 else ''}) |"
