@@ -12,7 +12,7 @@ is the client's update (`Matching`). A trial's mask enters as a 0/1 weight per c
 coordinates; zero-fill: every coordinate, against the zero-filled update), so trials with different masks share a step.
 Batch-1 attacks are kernel-launch bound; batching is what fills a GPU, and it pays on two CPU cores too.
 
-- `dlg` (Zhu et al., 2019): L-BFGS (`lbfgs`: per-trial curvature pairs and backtracking line search) on
+- `dlg` (Zhu et al., 2019): L-BFGS (`lbfgs`: per-trial curvature pairs, own backtracking line search per row) on
   ‖w ⊙ (g(x, y) − t)‖² / ‖w ⊙ t‖², dummy image and soft label softmax(z) optimised jointly; the recovered label is
   the argmax. Dividing by the constant ‖w ⊙ t‖² leaves the minimiser unchanged and makes the optimiser's steps
   scale-free on a target of tiny visible values.
@@ -283,7 +283,9 @@ def _dlg_family(
             step = torch.func.vmap(torch.func.grad_and_value(one))
 
             def objective(points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                grad, value = step(points, runs.target[idx], runs.weight[idx], scale[idx], fixed[idx])
+                whole = len(idx) == rows  # every row: no copies of the targets
+                args = (runs.target, runs.weight, scale, fixed)
+                grad, value = step(points, *(args if whole else (a[idx] for a in args)))
                 return value.detach(), grad.detach()
 
             start = runs.x0.reshape(rows, -1)
