@@ -46,6 +46,7 @@ ATTACK_MODALITY: dict[str, str] = {
 }
 THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
 MASK_SOURCES: tuple[str, ...] = ("own", "shared")
+TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
 MAX_BATCH = 8
 # SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
 SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -58,6 +59,7 @@ Metric = Literal[METRICS]
 Attack = Literal[tuple(ATTACK_MODALITY)]
 ThreatModel = Literal[THREAT_MODELS]
 MaskSource = Literal[MASK_SOURCES]
+Ties = Literal[TIES]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0.0)]
@@ -263,6 +265,7 @@ class SweepArch(Section):
     attacks: unique_list(Attack)
     threat_models: unique_list(ThreatModel)
     mask_sources: unique_list(MaskSource)
+    ties: unique_list(Ties)
     trials: PosInt
 
 
@@ -316,6 +319,7 @@ class Guidelines(Section):
     success_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     threat_model: ThreatModel
     mask_source: MaskSource
+    ties: Ties
 
 
 class Params(Section):

@@ -1,8 +1,9 @@
-"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × sample.
+"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × sample.
 
 A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
-results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric or the mask source, and at ρ = 0 both
-threat models see the same update: such trials are the same computation (`Trial.identity`), run once and shared.
+results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric, the mask source or the ties, and at
+ρ = 0 both threat models see the same update: such trials are the same computation (`Trial.identity`), run once and
+shared.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Trial:
     metric: str
     ratio: float
     mask_source: str
+    ties: str  # index: equal scores go to the lower flat index | decoys: to client-seeded random ones (`selection`)
     trial: int  # which real sample(s): the trial-th client batch of the target pool
 
     @property
@@ -35,7 +37,7 @@ class Trial:
         """The grid point minus what cannot change its result: trials with equal identities are one computation."""
         out = asdict(self) | {"metric": self.effective_metric}
         if self.ratio in (0.0, 1.0):  # the mask is empty or full whichever clients agreed on it
-            out["mask_source"] = "any"
+            out["mask_source"] = out["ties"] = "any"
         if self.ratio == 0.0:  # nothing hidden: the zero-fill and the mask-aware attacker see the same update
             out["threat_model"] = "any"
         return out
@@ -45,9 +47,9 @@ def expand(params: Params, arch: str) -> list[Trial]:
     """All trials of `arch`'s grid, in a fixed order."""
     g = getattr(params.sweep, arch)
     return [
-        Trial(arch, attack, threat, metric, float(ratio), source, t)
-        for attack, threat, metric, ratio, source, t in itertools.product(
-            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, range(g.trials)
+        Trial(arch, attack, threat, metric, float(ratio), source, ties, t)
+        for attack, threat, metric, ratio, source, ties, t in itertools.product(
+            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, range(g.trials)
         )
     ]
 

@@ -44,7 +44,9 @@ def min_protecting_ratio(rows: pd.DataFrame, level: PrivacyLevel, fraction: floa
 
 def guidelines(table: pd.DataFrame, cfg: Guidelines) -> list[dict]:
     """Records (arch, attack, privacy_level, metric, min_ratio, he_encrypt_s, he_bytes, recommended)."""
-    rows = table[(table.threat_model == cfg.threat_model) & (table.mask_source == cfg.mask_source)]
+    rows = table[
+        (table.threat_model == cfg.threat_model) & (table.mask_source == cfg.mask_source) & (table.ties == cfg.ties)
+    ]
     cost = table.groupby(["arch", "ratio"])[["he_encrypt_s", "he_bytes"]].first()
     records = []
     for (arch, attack, metric), cell in rows.groupby(["arch", "attack", "metric"], sort=True):
@@ -154,18 +156,21 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, r
 
 
 def comparison_metrics(table: pd.DataFrame, level: PrivacyLevel) -> dict:
-    """The attack-comparison stage's metrics: threat-model gap, shared-mask gap, leakage (per architecture)."""
+    """The attack-comparison stage's metrics: threat-model gap, shared-mask gap, decoy gap, leakage (per
+    architecture)."""
     out: dict = {}
     tm = paired_gap(table, "threat_model", "mask_aware", "zero_fill", level)
     ms = paired_gap(table, "mask_source", "shared", "own", level)
+    dc = paired_gap(table, "ties", "decoys", "index", level)
     ok = table[table.status == "ok"]
     for arch in sorted(table.arch.unique()):
-        a, s = tm[tm.arch == arch], ms[ms.arch == arch]
+        a, s, d = tm[tm.arch == arch], ms[ms.arch == arch], dc[dc.arch == arch]
         rows = ok[(ok.arch == arch) & (ok.ratio == 0)]
         out[arch] = {
             "zero_fill_gap": round(float(a.gap.mean()), 4) if len(a) else None,
             "zero_fill_overstated_cells": int(a.overstated.sum()) if len(a) else None,
             "shared_mask_gap": round(float(s.gap.mean()), 4) if len(s) else None,
+            "decoy_gap": round(float(d.gap.mean()), 4) if len(d) else None,
             "label_acc_unprotected": round(float(rows.label_acc.mean()), 4) if len(rows) else None,
         }
     return out

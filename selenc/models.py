@@ -112,6 +112,13 @@ class Victim:
     def modality(self) -> str:
         return ARCH_MODALITY[self.arch]
 
+    def word_embedding(self) -> tuple[str, nn.Parameter] | None:
+        """(name, parameter) of the token-embedding table (BERT, GPT-2); None for the image models."""
+        if self.modality != "text":
+            return None
+        table = self.model.get_input_embeddings().weight
+        return next((n, p) for n, p in self.model.named_parameters() if p is table)
+
     def image_batch(self, images: data.Images) -> Batch:
         x = data.to_tensor(images.images, self.input_shape[0]).to(self.device)
         return Batch(x, torch.as_tensor(images.labels, device=self.device))

@@ -28,6 +28,11 @@ class PublicInfo:
     num_classes: int
     input_shape: tuple[int, ...]  # (C, H, W) for images, (max_length,) for text
     update: Update  # how clients compute their update (FedSGD / FedAvg steps and lr)
+    # how the mask was chosen: the protocol fixes it, so the server knows it (Kerckhoffs). metric None: not known to
+    # rank the data (a hand-made mask); a support-revealing metric lets an attacker read the mask (`attacks.text`)
+    metric: str | None = None
+    mask_source: str = "own"  # own: the client's scores alone; shared: the sum of K clients' scores
+    ties: str = "index"  # equal scores to the lower flat index, or to client-seeded random decoys (`selection`)
 
 
 @dataclass(frozen=True)
@@ -84,18 +89,34 @@ class ObservedUpdate:
         return values, seen.to(values.device)
 
 
-def public_info(victim: Victim, batch_size: int, update_cfg: Update) -> PublicInfo:
-    """The protocol's public facts for a client of `victim` sending an update of `batch_size` samples."""
-    return PublicInfo(victim.arch, batch_size, victim.num_classes, victim.input_shape, update_cfg)
+def public_info(
+    victim: Victim,
+    batch_size: int,
+    update_cfg: Update,
+    metric: str | None = None,
+    mask_source: str = "own",
+    ties: str = "index",
+) -> PublicInfo:
+    """The protocol's public facts for a client of `victim` sending an update of `batch_size` samples, masked by
+    `metric` over the `mask_source` scores with `ties`."""
+    shape = victim.input_shape
+    return PublicInfo(victim.arch, batch_size, victim.num_classes, shape, update_cfg, metric, mask_source, ties)
 
 
 def observe(
-    victim: Victim, update: torch.Tensor, mask: torch.Tensor, batch_size: int, update_cfg: Update
+    victim: Victim,
+    update: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int,
+    update_cfg: Update,
+    metric: str | None = None,
+    mask_source: str = "own",
+    ties: str = "index",
 ) -> ObservedUpdate:
-    """The server's view of `update` (a client's flat update of `victim`) with `mask`'s coordinates encrypted."""
-    return ObservedUpdate.observe(
-        update, mask, FlatLayout.of(victim.model), public_info(victim, batch_size, update_cfg)
-    )
+    """The server's view of `update` (a client's flat update of `victim`) with `mask`'s coordinates encrypted; how
+    the mask was chosen is public (metric None: a mask not known to rank the data)."""
+    public = public_info(victim, batch_size, update_cfg, metric, mask_source, ties)
+    return ObservedUpdate.observe(update, mask, FlatLayout.of(victim.model), public)
 
 
 def observe_client(

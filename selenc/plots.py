@@ -60,6 +60,7 @@ def reconstruction_grid(table: pd.DataFrame, originals: np.ndarray, attack: str,
         & (table.status == "ok")
         & (table.threat_model == table.threat_model.iloc[0])
         & (table.mask_source == "own")
+        & (table.ties == "index")
     ]
     metrics, ratios = sorted(rows.metric.unique()), sorted(rows.ratio.unique())
     fig, axes = plt.subplots(
@@ -93,7 +94,11 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 def sentence_table(table: pd.DataFrame, truth: list[str], attack: str, trial: int = 0) -> pd.DataFrame:
     """Original vs reconstructed sentences across ratios and metrics, for one attack and trial."""
     rows = table[
-        (table.attack == attack) & (table.trial == trial) & (table.status == "ok") & (table.mask_source == "own")
+        (table.attack == attack)
+        & (table.trial == trial)
+        & (table.status == "ok")
+        & (table.mask_source == "own")
+        & (table.ties == "index")
     ]
     rows = rows[rows.threat_model == rows.threat_model.iloc[0]] if len(rows) else rows
     out = rows[["metric", "ratio", "rouge1", "reconstruction"]].sort_values(["metric", "ratio"])

@@ -111,8 +111,8 @@ def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def main_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """The realistic attacker against the victim's own mask: mask-aware threat model, own mask source."""
-    return table[(table.threat_model == "mask_aware") & (table.mask_source == "own")]
+    """The realistic attacker against the victim's own mask: mask-aware threat model, own mask source, index ties."""
+    return table[(table.threat_model == "mask_aware") & (table.mask_source == "own") & (table.ties == "index")]
 
 
 def plot_data(table: pd.DataFrame, arch: str) -> pd.DataFrame:

@@ -183,8 +183,7 @@ def embedding_rows(view: ClientView) -> torch.Tensor:
     """2-tier: every coordinate of a token-embedding row with non-zero gradient scores above all others."""
     if view.victim.modality != "text":
         raise ValueError(f"embedding_rows needs a text model with a token embedding; {view.victim.arch} has none")
-    table = view.victim.model.get_input_embeddings().weight
-    name = next(n for n, p in view.victim.model.named_parameters() if p is table)
+    name, table = view.victim.word_embedding()
     span = view.layout.span(name)
     rows = view.update[span].view(table.shape)
     leaked = (rows != 0).any(1, keepdim=True).expand_as(rows).reshape(-1)
@@ -205,6 +204,16 @@ METRICS: dict[str, Callable[[ClientView], torch.Tensor]] = {
     "layer_last": layer_last,
     "embedding_rows": embedding_rows,
 }
+
+
+# Metrics that score a coordinate 0, the lowest score, exactly when its gradient is 0, by construction: their masks
+# hide the update's support first, which a server holding the mask reads off it (`attacks.base.mask_boundary`). The
+# others rank independently of the data (random, weight, layer_*), give zero-gradient coordinates a positive score
+# (distance: a random input's gradient is non-zero where the client's is zero; sensitivity and hessian, estimated,
+# measured so on BERT) or non-zero ones a zero score (saliency |w·g| where a weight is 0). The attacker reads only
+# these; tests/test_significance.py checks the property on real batches. tests/test_significance.py
+# checks the split on real batches.
+SUPPORT_REVEALING = frozenset({"magnitude", "embedding_rows"})
 
 
 def client_scores(

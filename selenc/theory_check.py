@@ -72,6 +72,7 @@ def case_params(params: Params, case: TheoryCase) -> Params:
         attacks=[case.attack],
         threat_models=["mask_aware"],
         mask_sources=["own"],
+        ties=["index"],
         trials=case.trials,
     )
     attacks = params.attacks

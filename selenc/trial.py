@@ -20,13 +20,13 @@ import torch
 
 from selenc.attacks import BATCHED, VECTORISED, AttackResult
 from selenc.config import Params, derive_seed
-from selenc.gradients import client_update
+from selenc.gradients import FlatLayout, client_update
 from selenc.grid import Trial
 from selenc.metrics import image_scores, text_scores
 from selenc.models import Batch, Victim, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
-from selenc.selection import make_mask
+from selenc.selection import decoy_key, make_mask
 from selenc.significance import ClientView, client_scores
 from selenc.theory import bound, phi, significance, text_point
 
@@ -60,10 +60,15 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
         clients = 1 if trial.mask_source == "own" else params.significance.shared_clients
         others = [target_batch(victim, cfg.dataset, [i + j * b for i in own]) for j in range(1, clients)]
         per_client = client_scores(metric, victim, [batch, *others], params.update, params.significance, seed)
-        mask = make_mask(per_client, trial.ratio, trial.mask_source)
+        key = None
+        if trial.ties == "decoys":  # whole token-embedding rows as decoys
+            table = victim.word_embedding()
+            rows = [] if table is None else [(FlatLayout.of(victim.model).span(table[0]).start, *table[1].shape)]
+            key = decoy_key(update.numel(), rows, derive_seed(seed, "decoys"))
+        mask = make_mask(per_client, trial.ratio, trial.mask_source, key)
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
     s = significance(ClientView(victim, batch, update, params.update, params.significance, seed))
-    observed = observe(victim, update, mask, len(batch), params.update)
+    observed = observe(victim, update, mask, len(batch), params.update, metric, trial.mask_source, trial.ties)
     return Prepared(trial, seed, batch, mask, phi(s, mask), observed, time.perf_counter() - start)
 
 

@@ -12,8 +12,8 @@ from selenc.attacks.base import Matcher
 from selenc.attacks.image import ATTACKS, BATCHED, random_images, recover_labels
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
-from selenc.observed import ObservedUpdate, observe_client
-from selenc.selection import top_k_mask
+from selenc.observed import ObservedUpdate, observe, observe_client
+from selenc.selection import top_k, top_k_mask
 from selenc.theory import float64
 from tests.conftest import with_changes
 
@@ -191,6 +191,30 @@ def test_no_signal_returns_the_prior(victims, params, tiny):
     assert ig.info["blind"] and torch.equal(ig.images, random_images(observed.public, 2, "ig", 0))
     dlg = run("dlg", observed, victim, tiny, "zero_fill", seed=2)
     assert not dlg.info["blind"] and dlg.losses
+
+
+@pytest.mark.parametrize("name", ["dlg", "ig"])
+def test_all_zero_visible_values_at_a_partial_mask_match_the_support(victims, raw_params, name):
+    """Magnitude with a budget past the ReLU CNN's support hides every non-zero value: the visible values are all 0,
+    yet the mask shows where the update is non-zero. The mask-aware attack matches that support (not its prior): its
+    objective falls and its answer depends on the client; withholding the metric leaves IG blind."""
+    victim = victims["cnn"]
+    params = with_changes(raw_params, **{f"attacks.{name}.steps": 30, f"attacks.{name}.restarts": 1})
+    results = []
+    for i in (4, 5):
+        batch = batch_of(victim, i)
+        update = observe_client(victim, batch, params.update).zero_filled()
+        mask = top_k(update.abs(), int((update != 0).sum()) + 1000)
+        observed = observe(victim, update, mask, 1, params.update, "magnitude")
+        assert not observed.visible.any() and observed.visible.numel() > 0
+        result = run(name, observed, victim, params, seed=1)
+        assert not result.info["blind"] and result.info["objective"] == "support"
+        assert result.losses[-1] < 0.9 * result.losses[0]
+        results.append(result)
+        if name == "ig":
+            unread = observe(victim, update, mask, 1, params.update, None)
+            assert run(name, unread, victim, params, seed=1).info["blind"]
+    assert not torch.equal(results[0].images, results[1].images), "the answer must depend on the observed support"
 
 
 def test_dlg_runs_on_tiny_visible_values(victims, raw_params):

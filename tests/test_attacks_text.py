@@ -13,7 +13,9 @@ from selenc.attacks.text.reading import SeenRows, label_candidates, leakage, seq
 from selenc.attacks.text.token_leakage import token_leakage
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import Batch
-from selenc.observed import ObservedUpdate, observe_client
+from selenc.observed import ObservedUpdate, observe, observe_client
+from selenc.selection import decoy_key, top_k
+from selenc.significance import ClientView, scores
 from tests.conftest import with_changes
 
 TEXT = ["bert", "gpt2"]
@@ -105,7 +107,7 @@ def test_token_leakage_reads_the_whole_sentence_at_batch_1(victims, params, arch
 
 
 @pytest.mark.parametrize("arch", TEXT)
-def test_token_leakage_loses_the_fully_hidden_rows(victims, params, arch):
+def test_a_mask_of_unknown_origin_leaves_fully_hidden_rows_unknown(victims, params, arch):
     victim = victims[arch]
     batch = victim.text_batch(sentences(1, 1))
     tokens = sorted(set(inner_tokens(victim, batch)[0]))
@@ -116,8 +118,82 @@ def test_token_leakage_loses_the_fully_hidden_rows(victims, params, arch):
     aware = token_leakage(masked, victim, threat_model="mask_aware")
     assert aware.info["leaked_ids"] == [t for t in tokens if t not in gone], "a partly hidden row still leaks"
     assert aware.info["unknown_rows"] == 2 and not aware.info["ordered"]
+    assert aware.info["from_mask"] == 0 and aware.info["mask_reading"].startswith("none")
     blind_fill = token_leakage(masked, victim, threat_model="zero_fill")
     assert blind_fill.info["leaked_ids"] == aware.info["leaked_ids"] and blind_fill.info["unknown_rows"] == 0
+
+
+def ranked_observed(victim, params, batch, k: int, metric: str = "magnitude", public: str | None = "same"):
+    """The server's view of `batch`'s update under the top-k mask of `metric` (ties to the lower index), the metric
+    made public as `public` ("same": the metric itself; None: withheld)."""
+    update = client_update(victim, batch, params.update)
+    view = ClientView(victim, batch, update, params.update, params.significance, 0)
+    mask = top_k(scores(metric, view), k)
+    return observe(victim, update, mask, len(batch), params.update, metric if public == "same" else public)
+
+
+@pytest.mark.parametrize("arch", TEXT)
+def test_the_mask_gives_the_token_set_away(victims, params, arch):
+    """k < the non-zero count: every hidden coordinate is non-zero, so fully hidden token rows (embedding_rows hides
+    them first) are the batch's tokens; the zero_fill attacker and a mask of unknown origin read none of them."""
+    victim = victims[arch]
+    batch = victim.text_batch(sentences(2, 2))
+    truth = sorted({t for row in inner_tokens(victim, batch) for t in row})
+    nonzero = int((client_update(victim, batch, params.update) != 0).sum())
+    observed = ranked_observed(victim, params, batch, nonzero // 2, "embedding_rows")
+    aware = token_leakage(observed, victim, threat_model="mask_aware")
+    assert aware.info["leaked_ids"] == truth and aware.info["from_mask"] > 0
+    assert aware.info["unknown_rows"] == 0 and aware.info["mask_reading"].startswith("support")
+    assert len(aware.info["leaked_ids"]) > len(
+        token_leakage(observed, victim, threat_model="zero_fill").info["leaked_ids"]
+    )
+    unread = ranked_observed(victim, params, batch, nonzero // 2, "embedding_rows", public=None)
+    assert token_leakage(unread, victim).info["from_mask"] == 0
+
+
+@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("name", ["token_leakage", "tag"])
+def test_all_zero_visible_values_at_a_partial_mask_are_not_blind(victims, tiny, arch, name):
+    """k > the non-zero count: every visible value is 0 and ties hide the first zero rows; the token rows past them,
+    the length and the vocabulary are still read off the mask, and the attack does not return its prior."""
+    victim = victims[arch]
+    batch = victim.text_batch(sentences(1, 4))
+    update = client_update(victim, batch, tiny.update)
+    width = victim.model.get_input_embeddings().weight.shape[1]
+    observed = ranked_observed(victim, tiny, batch, int((update != 0).sum()) + 3000 * width)
+    assert not observed.visible.any()
+    tokens = sorted(set(inner_tokens(victim, batch)[0]))
+    boundary_row = SeenRows(observed, "mask_aware").boundary - observed.layout.span(word_embedding(victim)[0]).start
+    boundary_row //= width
+    assert 0 < boundary_row < max(tokens), "the ties must hide some rows, and a token must lie past them"
+    result = run(name, observed, victim, tiny, "mask_aware", seed=0)
+    assert not result.info.get("blind") and result.info["length"] == batch.inputs.shape[1]
+    assert result.info["length_source"] == "position_rows"
+    if name == "token_leakage":
+        assert result.info["leaked_ids"] == [t for t in tokens if t > boundary_row]
+        assert result.info["unknown_rows"] >= boundary_row  # the tie-filled rows: in the batch or not, unknown
+    else:
+        assert result.info["vocab"] == "leaked+hidden_rows" and result.info["vocab_size"] < victim.tokenizer.vocab_size
+
+
+@pytest.mark.parametrize("arch", TEXT)
+def test_decoy_ties_hide_the_support(victims, params, arch):
+    """The same budget past the support with client-seeded decoy rows: the hidden rows are the tokens and random
+    decoys alike, so the mask-reading attacker reads no token off the mask (and says so)."""
+    victim = victims[arch]
+    batch = victim.text_batch(sentences(1, 4))
+    update = client_update(victim, batch, params.update)
+    name, table = victim.word_embedding()
+    span = FlatLayout.of(victim.model).span(name)
+    key = decoy_key(update.numel(), [(span.start, *table.shape)], seed=0)
+    mask = top_k(update.abs(), int((update != 0).sum()) + 3000 * table.shape[1], key)
+    observed = observe(victim, update, mask, 1, params.update, "magnitude", ties="decoys")
+    result = token_leakage(observed, victim)
+    assert result.info["leaked_ids"] == [] and result.info["mask_reading"].startswith("none")
+    tokens = set(inner_tokens(victim, batch)[0])
+    assert result.info["unknown_rows"] > 2000, "decoy rows and token rows hidden alike"
+    hidden_rows = mask[span].view(table.shape).all(1).nonzero().flatten().tolist()
+    assert tokens <= set(hidden_rows) and max(hidden_rows) > 0.9 * table.shape[0], "decoys spread over the table"
 
 
 # --- what the optimisation attacks read off the update ----------------------------------------------------------------

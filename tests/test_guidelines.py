@@ -16,6 +16,7 @@ def rows(arch, attack, metric, psnr_by_ratio, trials=2, ssim=0.1):
             "status": "ok",
             "threat_model": "mask_aware",
             "mask_source": "own",
+            "ties": "index",
             "psnr": p,
             "ssim": ssim,
             "rouge1": None,

@@ -18,13 +18,14 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_params(raw: dict) -> dict:
-    def grid(metrics, attacks, ratios):
+    def grid(metrics, attacks, ratios, ties=("index",)):
         return {
             "metrics": metrics,
             "ratios": ratios,
             "attacks": attacks,
             "threat_models": ["mask_aware", "zero_fill"],
             "mask_sources": ["own"],
+            "ties": list(ties),
             "trials": 1,
         }
 
@@ -35,7 +36,7 @@ def tiny_params(raw: dict) -> dict:
             "lenet": grid(["random", "magnitude"], ["dlg"], [0.0, 0.5, 1.0]),
             "cnn": grid(["magnitude"], ["ig"], [0.0, 0.5]),
             "bert": grid(["magnitude"], ["token_leakage", "tag"], [0.0, 0.01]),
-            "gpt2": grid(["embedding_rows"], ["token_leakage", "lamp"], [0.0, 0.01]),
+            "gpt2": grid(["embedding_rows"], ["token_leakage", "lamp"], [0.0, 0.01], ("index", "decoys")),
         }
     )
     raw["sweep"].update(bound_grid=2, bound_iters=1)

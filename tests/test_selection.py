@@ -9,7 +9,7 @@ import torch
 
 from selenc.gradients import FlatLayout
 from selenc.observed import ObservedUpdate, public_info
-from selenc.selection import budget, normalise, shared_scores, top_k_mask
+from selenc.selection import budget, decoy_key, normalise, shared_scores, top_k, top_k_mask
 
 
 @pytest.mark.parametrize(
@@ -42,6 +42,28 @@ def test_ties_go_to_the_lower_index():
     scores = torch.tensor([0.0, 5.0, 1.0, 1.0, 1.0, 5.0, 1.0])
     assert top_k_mask(scores, 0.5).nonzero().flatten().tolist() == [1, 2, 3, 5]  # 4 = ⌈3.5⌉: both 5s, then 1s in order
     assert torch.equal(top_k_mask(scores, 0.5), top_k_mask(scores.numpy(), 0.5))
+
+
+def test_decoy_ties_are_seeded_random_whole_rows():
+    """Past the support (10 non-zero scores) index ties fill the budget from the start; decoy ties take random zero
+    coordinates, whole rows of the (start, count, width) block together, the same ones for the same seed."""
+    scores = np.zeros(1_000)
+    scores[500:510] = 1.0
+    k = 10 + 4 * 8
+    assert top_k(scores, k).nonzero().flatten().tolist() == [*range(32), *range(500, 510)]
+    key = decoy_key(1_000, [(100, 50, 8)], seed=3)  # rows of 8 over coordinates 100..499
+    assert all(len(set(key[100 + 8 * r : 108 + 8 * r])) == 1 for r in range(50))
+    mask = top_k(scores, k, key)
+    assert mask[500:510].all() and int(mask.sum()) == k, "the scored coordinates first, whatever the key"
+    assert torch.equal(mask, top_k(scores, k, decoy_key(1_000, [(100, 50, 8)], seed=3)))
+    assert not torch.equal(mask, top_k(scores, k, decoy_key(1_000, [(100, 50, 8)], seed=4)))
+    assert not torch.equal(mask, top_k(scores, k)), "decoys are not the index prefix"
+    decoys = mask.clone()
+    decoys[500:510] = False
+    rows = decoys[100:500].view(50, 8)
+    assert (rows.all(1) | ~rows.any(1)).all(), "a decoy in the embedding block is a whole row"
+    with pytest.raises(ValueError, match="tie key must have the scores' shape"):
+        top_k(scores, k, key[:10])
 
 
 def test_bad_scores_are_refused():

@@ -8,7 +8,15 @@ from selenc.config import METRICS as CONFIG_METRICS
 from selenc.gradients import FlatLayout, client_update, update_jvp
 from selenc.models import Batch, Victim
 from selenc.selection import top_k, top_k_mask
-from selenc.significance import METRICS, ClientView, distance_significance, hessian, scores, sensitivity
+from selenc.significance import (
+    METRICS,
+    SUPPORT_REVEALING,
+    ClientView,
+    distance_significance,
+    hessian,
+    scores,
+    sensitivity,
+)
 from tests.conftest import with_changes
 from tests.test_models import real_batch
 
@@ -36,6 +44,7 @@ def view_of(victim, params, seed=0, n=1):
 def test_every_metric_scores_every_coordinate_deterministically(victims, small, arch):
     victim = victims[arch]
     view = view_of(victim, small)
+    reveals = {}
     for metric in METRICS:
         if metric == "embedding_rows" and victim.modality == "image":
             with pytest.raises(ValueError, match="embedding_rows needs a text model"):
@@ -46,6 +55,12 @@ def test_every_metric_scores_every_coordinate_deterministically(victims, small, 
         assert torch.isfinite(s).all() and (s >= 0).all(), metric
         assert s.abs().sum() > 0, metric
         assert torch.equal(s, scores(metric, view)), f"{metric} is not reproducible with the same seed"
+        zero = view.update == 0
+        if zero.any():  # BERT / GPT-2 (unused embedding rows), the ReLU CNN: the mask-reading split holds
+            reveals[metric] = bool((s[zero] == 0).all() and (s[~zero] > 0).all())
+    if reveals:  # the metrics an attacker reads the support off score 0 exactly where the gradient is 0
+        assert SUPPORT_REVEALING & set(reveals) <= {m for m, r in reveals.items() if r}
+        assert not reveals["random"] and not reveals["distance"]
     other = view_of(victim, small, seed=1)
     assert not torch.equal(scores("random", view), scores("random", other))
 

@@ -27,6 +27,7 @@ TINY = {
         "attacks": ["dlg"],
         "threat_models": ["mask_aware"],
         "mask_sources": ["own"],
+        "ties": ["index"],
         "trials": 2,
     },
     "attacks.dlg.steps": 2,

@@ -148,6 +148,7 @@ def test_phi_cells_merge_the_metric_free_ratios_and_t4_sign():
                     "attack": "dlg",
                     "threat_model": "mask_aware",
                     "mask_source": "own",
+                    "ties": "index",
                     "status": "ok",
                     "metric": metric,
                     "ratio": ratio,

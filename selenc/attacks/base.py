@@ -8,6 +8,13 @@ the observed update alone, so its objective cannot depend on hidden values:
 - `mask_aware` (realistic): the distance runs over the visible coordinates only;
 - `zero_fill` (what earlier selective-encryption evaluations did): hidden coordinates are taken as 0 and the distance
   runs over all n coordinates, which makes the attacker chase zeros and overstates protection.
+
+**The mask is information** (`mask_boundary`, mask-aware only). Positions are public and, under a support-revealing
+metric (`significance.SUPPORT_REVEALING`: magnitude, embedding_rows), chosen from the data: a zero coordinate scores 0,
+the lowest, so the hidden coordinates are non-zero (with a shared mask: in some client's update), except the zeros
+that fill a budget past the support: index-ordered ties put those first in flat order, before the first visible
+coordinate; client-seeded decoys (`selection.decoy_key`) put them anywhere. A mask of unknown origin (metric None) or
+of a data-independent metric says nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from selenc.config import THREAT_MODELS
 from selenc.gradients import client_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate
+from selenc.significance import SUPPORT_REVEALING
 
 
 @dataclass
@@ -82,6 +90,32 @@ class Matcher:
         if self.blind or self.target_norm == 0:
             return dummy.sum() * 0.0
         return 1.0 - dummy.dot(self.target) / (dummy.norm().clamp_min(1e-12) * self.target_norm)
+
+
+def mask_boundary(observed: ObservedUpdate) -> int | None:
+    """The flat index past which every hidden coordinate is non-zero (−1: all of them), or None when the mask says
+    nothing about the support: a metric that does not reveal it, nothing hidden or nothing visible, or random decoys.
+
+    Under a support-revealing metric every hidden coordinate j outranks every visible one. A visible non-zero value
+    scores above 0, so then every hidden one is non-zero (−1). With only zeros visible (the budget passed the
+    support) and index-ordered ties, the first visible coordinate z scores 0, the lowest, and would have been hidden
+    before any zero past it: j > z is non-zero. With decoy ties the zeros filling the budget could be anywhere.
+    """
+    hidden = int(observed.mask.sum())
+    if observed.public.metric not in SUPPORT_REVEALING or hidden in (0, observed.n):
+        return None
+    if bool(observed.visible.any()):
+        return -1
+    return int(observed.visible_index[0]) if observed.public.ties == "index" else None
+
+
+def known_nonzero(observed: ObservedUpdate) -> torch.Tensor:
+    """Bool (n,): the hidden coordinates the mask shows to be non-zero (those past `mask_boundary`; none if None)."""
+    boundary = mask_boundary(observed)
+    known = torch.zeros(observed.n, dtype=torch.bool)
+    if boundary is not None:
+        known[boundary + 1 :] = observed.mask[boundary + 1 :]
+    return known
 
 
 class Timer:

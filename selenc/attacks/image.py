@@ -24,9 +24,17 @@ Batch-1 attacks are kernel-launch bound; batching is what fills a GPU, and it pa
 
 Every attack starts from seeded uniform noise in [0, 1] (`random_images`); restarts draw fresh seeded inits and the
 lowest final objective wins (`info["restart_losses"]`). `losses` holds the winning restart's objective after every
-iteration. An attack with nothing to match returns its prior, the seeded init of restart 0 and its prior labels, with
-`info["blind"] = True` and no losses, rather than optimise a constant: the mask-aware attacker with every coordinate
-encrypted, and IG when every compared value is 0 (its cosine is undefined; only TV would act). `seconds` is the batch's
+iteration.
+
+**Visible zeros and the mask** (mask-aware). When every visible value is 0 but the mask shows hidden coordinates to be
+non-zero (`base.mask_boundary`: a support-revealing metric whose budget exceeded the update's support, e.g. magnitude
+at ρ ≥ 0.5 on the ReLU CNN), the update still carries its support: which units were active. Those trials match it
+instead (`info["objective"] = "support"`): the share of the dummy update's energy on coordinates seen to be zero,
+Σ_visible g² / (Σ_visible g² + Σ_known g²), scale-free and 0 exactly when the dummy's support matches; DLG and iDLG
+minimise it alone, IG adds its TV term. An attack with nothing to match returns its prior, the seeded init of
+restart 0 and its prior labels, with `info["blind"] = True` and no losses, rather than optimise a constant: the
+mask-aware attacker with every coordinate encrypted, or with only zeros visible and no support to read (IG's cosine
+with a zero target is undefined), and zero_fill IG on an all-zero view. `seconds` is the batch's
 wall time shared equally among its trials; `info["batch"]` says how many there were. Same seeds, same result (on the
 same device and thread count), whatever else shares the batch, up to float round-off.
 """
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.attacks.base import AttackResult, Timer, one_trial
+from selenc.attacks.base import AttackResult, Timer, known_nonzero, one_trial
 from selenc.attacks.lbfgs import lbfgs
 from selenc.config import THREAT_MODELS, derive_seed
 from selenc.gradients import batch_update
@@ -152,7 +160,8 @@ class Runs:
     z0: torch.Tensor | None  # (R, b, K) seeded initial label logits (DLG), else None
     labels: torch.Tensor | None  # (R, b) analytic labels (iDLG, IG), else None
     target: torch.Tensor  # (R, n) the zero-filled observed update
-    weight: torch.Tensor  # (R, n) 1 where the attacker compares the coordinate, else 0
+    weight: torch.Tensor  # (R, n) 1 where the attacker compares the coordinate, −1 hidden and known non-zero, else 0
+    support: torch.Tensor  # (R,) bool: the run matches the support (every compared value 0), not the values
 
     def best(self, finals: torch.Tensor) -> dict[int, tuple[int, list[float]]]:
         """Per trial: its winning run (lowest final objective; non-finite is +inf, the first wins ties) and every
@@ -179,13 +188,26 @@ class Matching:
         """The flat update a client with inputs x and labels y (ids or probabilities) would send."""
         return self._update(Batch(x, y))
 
-    def l2(self, x, y, target, weight, scale) -> torch.Tensor:
-        return ((self.update(x, y) - target).square() * weight).sum() * scale
+    def l2(self, x, y, target, weight, scale, support=None) -> torch.Tensor:
+        g = self.update(x, y)
+        value = ((g - target).square() * weight).sum() * scale
+        return value if support is None else torch.where(support, self.support_share(g, weight), value)
 
-    def cosine(self, x, y, target, weight, target_norm, tv: float) -> torch.Tensor:
-        g = self.update(x, y) * weight
+    def cosine(self, x, y, target, weight, target_norm, tv: float, support=None) -> torch.Tensor:
+        full = self.update(x, y)
+        g = full * weight
         # a sum, not a dot: vmap turns a dot into a batched product with naive float32 accumulation
-        return 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target_norm) + tv * total_variation(x)
+        value = 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target_norm.clamp_min(1e-30))
+        if support is not None:
+            value = torch.where(support, self.support_share(full, weight), value)
+        return value + tv * total_variation(x)
+
+    @staticmethod
+    def support_share(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The share of g's energy on the coordinates seen to be zero (weight 1) among those and the coordinates known
+        to be non-zero (weight −1): 0 when g's support is the observed one."""
+        energy = g.square()
+        return (energy * weight.clamp_min(0)).sum() / (energy * weight.abs()).sum().clamp_min(1e-30)
 
 
 def _check(observed: list[ObservedUpdate], threat_models: list[str], seeds: list[int]) -> None:
@@ -211,8 +233,13 @@ def _runs(
         labels = None if name == "dlg" else recover_labels(obs, victim, seed)
         target = obs.zero_filled().to(device)
         weight = torch.ones_like(target) if tm == "zero_fill" else (~obs.mask).to(device=device, dtype=target.dtype)
-        # nothing compared, or (IG) only zeros compared, whose cosine is undefined: the prior of restart 0
-        blind = not bool(weight.any()) or (name == "ig" and not bool((target * weight).any()))
+        known = known_nonzero(obs).to(device) if tm == "mask_aware" else None
+        # only zeros visible, but the mask shows where the update is non-zero: match that support
+        support = bool(weight.any()) and not bool((target * weight).any()) and known is not None and bool(known.any())
+        if support:
+            weight = weight - known.to(weight.dtype)
+        # nothing compared, or (IG) only zeros compared and no support read, whose cosine is undefined: the prior
+        blind = not bool(weight.any()) or (name == "ig" and not support and not bool((target * weight).any()))
         for r in range(1 if blind else cfg.restarts):
             x0 = random_images(info, seed, name, r)
             z0 = None
@@ -223,7 +250,7 @@ def _runs(
                 priors[i] = result
                 result.info = {"blind": True, "restart_losses": [], "batch": len(observed)}
                 continue
-            runs.append((i, x0, z0, labels, target * weight, weight))
+            runs.append((i, x0, z0, labels, target * weight.clamp_min(0), weight, torch.tensor(support)))
     if not runs:
         return None, priors
     cols = list(zip(*runs, strict=True))
@@ -252,7 +279,12 @@ def _results(
             labels=labels[win].cpu(),
             images=torch.nan_to_num(images[win].detach().cpu(), nan=0.5).clamp(0, 1),
             losses=[float(t[win]) for t in trace],
-            info={"blind": False, "restart_losses": scores, "batch": size},
+            info={
+                "blind": False,
+                "restart_losses": scores,
+                "batch": size,
+                "objective": "support" if bool(runs.support[win]) else "values",
+            },
         )
     for result in out.values():
         result.seconds = seconds / size
@@ -274,18 +306,21 @@ def _dlg_family(
             norm = (runs.weight * runs.target).square().sum(1)
             scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
             fixed = runs.labels if runs.labels is not None else torch.zeros(rows, dtype=torch.long, device=norm.device)
+            support = runs.support if bool(runs.support.any()) else None  # no support run: the plain objective
 
-            def one(p: torch.Tensor, target, weight, s, y_fixed) -> torch.Tensor:
+            def one(p: torch.Tensor, target, weight, s, y_fixed, by_support) -> torch.Tensor:
                 x = p[:dx].view(shape)
                 y = p[dx:].view(runs.z0.shape[1:]).softmax(-1) if runs.z0 is not None else y_fixed
-                return matching.l2(x, y, target, weight, s)
+                return matching.l2(x, y, target, weight, s, by_support)
 
-            step = torch.func.vmap(torch.func.grad_and_value(one))
+            step = torch.func.vmap(
+                torch.func.grad_and_value(one), in_dims=(0, 0, 0, 0, 0, None if support is None else 0)
+            )
 
             def objective(points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 whole = len(idx) == rows  # every row: no copies of the targets
-                args = (runs.target, runs.weight, scale, fixed)
-                grad, value = step(points, *(args if whole else (a[idx] for a in args)))
+                args = (runs.target, runs.weight, scale, fixed, support)
+                grad, value = step(points, *(args if whole else (a if a is None else a[idx] for a in args)))
                 return value.detach(), grad.detach()
 
             start = runs.x0.reshape(rows, -1)
@@ -317,22 +352,24 @@ def ig_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
         if runs is not None:
             matching = Matching(victim, observed[0])
             norms = runs.target.norm(dim=1)
+            support = runs.support if bool(runs.support.any()) else None  # no support run: the plain objective
             step = torch.func.vmap(
-                torch.func.grad_and_value(lambda x, y, t, w, n: matching.cosine(x, y, t, w, n, cfg.tv))
+                torch.func.grad_and_value(lambda x, y, t, w, n, s: matching.cosine(x, y, t, w, n, cfg.tv, s)),
+                in_dims=(0, 0, 0, 0, 0, None if support is None else 0),
             )
             x = runs.x0.clone().requires_grad_()
             opt = torch.optim.Adam([x], lr=cfg.lr)
             milestones = [round(cfg.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
             schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
             for _ in range(cfg.steps):
-                grad, value = step(x.detach(), runs.labels, runs.target, runs.weight, norms)
+                grad, value = step(x.detach(), runs.labels, runs.target, runs.weight, norms, support)
                 x.grad = grad.sign()
                 opt.step()
                 schedule.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
                 trace.append(value.detach())
-            _, finals = step(x.detach(), runs.labels, runs.target, runs.weight, norms)
+            _, finals = step(x.detach(), runs.labels, runs.target, runs.weight, norms, support)
     return _results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
 
 

@@ -97,6 +97,8 @@ def _read(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, meth
         "vocab": vocab_source,
         "vocab_size": int(allowed.numel()) if allowed is not None else int(leak.vocab_size),
         "leaked_tokens": int(leak.leaked.numel()),
+        "from_mask": int(leak.from_mask.numel()),
+        "mask_reading": reader.mask_reading,
         "label_candidates": len(cands),
         "label_source": label_source,
         "steps": cfg.steps,

@@ -15,8 +15,14 @@ label (iDLG); label multisets are filtered by 0 < g_c + n_c/B < 1. GPT-2's `scor
 gradient of a binary head is matched equally well by the wrong label with a negated feature, so every candidate
 multiset (B+1 for two classes) is left to the optimisation attacks to probe.
 
-**Threat models** (`SeenRows`): mask_aware reads the visible entries; zero_fill reads every entry with hidden ones as
-0 (so it has no unknown rows).
+**Reading the mask** (`base.mask_boundary`): under a support-revealing metric every hidden coordinate past the
+first visible zero is non-zero. A fully hidden token row past that boundary is a token of the batch; hidden rows
+before it may be the zeros that index-ordered ties filled the budget with, and stay unknown. With a shared mask the
+support read is the union of the K clients' supports. A mask of unknown origin (metric None) or of a data-independent
+metric says nothing.
+
+**Threat models** (`SeenRows`): mask_aware reads the visible entries and the mask; zero_fill reads every entry with
+hidden ones as 0 (so it has no unknown rows) and ignores the mask.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selenc.attacks.base import mask_boundary
 from selenc.config import THREAT_MODELS
 from selenc.models import Victim
 from selenc.observed import ObservedUpdate
@@ -42,7 +49,7 @@ def _param(victim: Victim, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
 
 def word_embedding(victim: Victim) -> tuple[str, torch.Tensor]:
     """(name, parameter) of the token-embedding table."""
-    return _param(victim, victim.model.get_input_embeddings().weight)
+    return victim.word_embedding()
 
 
 def position_embedding(victim: Victim) -> tuple[str, torch.Tensor] | None:
@@ -96,12 +103,36 @@ def _check_threat_model(threat_model: str) -> None:
 
 class SeenRows:
     """Parameters' updates as the attacker reads them: `ObservedUpdate.rows` (values with hidden entries 0, bool mask of
-    visible entries) with the zero-filled vector built once; zero_fill takes every coordinate as seen."""
+    visible entries) with the zero-filled vector built once; zero_fill takes every coordinate as seen. `nonzero` adds
+    what the mask gives away (mask_aware only)."""
 
     def __init__(self, observed: ObservedUpdate, threat_model: str):
         _check_threat_model(threat_model)
         self.observed, self.threat_model = observed, threat_model
         self._full: torch.Tensor | None = None
+        self.boundary = mask_boundary(observed) if threat_model == "mask_aware" else None
+
+    @property
+    def mask_reading(self) -> str:
+        """What the attacker reads off the mask, in words (an attack's `info`)."""
+        metric = self.observed.public.metric
+        if self.threat_model == "zero_fill":
+            return "none (zero_fill ignores the mask)"
+        if self.boundary is None:
+            return f"none (metric {metric} does not reveal the support, or nothing / everything is hidden)"
+        whose = "some client's" if self.observed.public.mask_source == "shared" else "the client's"
+        return f"support: hidden coordinates past flat index {self.boundary} are non-zero in {whose} update ({metric})"
+
+    def nonzero(self, name: str, shape) -> torch.Tensor:
+        """Entries known to be non-zero: visible non-zero ones, and hidden ones past `mask_boundary`."""
+        values, seen = self(name, shape)
+        known = (values != 0) & seen
+        if self.boundary is not None:
+            span = self.observed.layout.span(name)
+            past = torch.zeros(span.stop - span.start, dtype=torch.bool)
+            past[max(0, self.boundary + 1 - span.start) :] = True
+            known |= (self.observed.mask[span] & past).view(tuple(shape)).to(known.device)
+        return known
 
     def __call__(self, name: str, shape) -> tuple[torch.Tensor, torch.Tensor]:
         if self._full is None:
@@ -120,11 +151,13 @@ def _reader(observed: ObservedUpdate, threat_model: str, rows: SeenRows | None) 
 # --- what the update reveals without optimisation --------------------------------------------------------------
 @dataclass(frozen=True)
 class Leakage:
-    """Token-embedding rows: leaked (a seen entry is non-zero), unknown (no entry seen), absent (seen, all zero)."""
+    """Token-embedding rows: leaked (an entry is known non-zero: seen, or read off the mask), unknown (fully hidden and
+    not read), absent (seen, all zero)."""
 
     leaked: torch.Tensor  # ids of tokens in the batch, ascending
-    unknown: torch.Tensor  # ids whose row is fully hidden: in the batch or not, only the client knows
+    unknown: torch.Tensor  # ids whose row is fully hidden and not read off the mask: only the client knows
     vocab_size: int
+    from_mask: torch.Tensor  # the leaked ids with no visible non-zero entry: read off the mask alone
 
     @property
     def candidates(self) -> torch.Tensor:
@@ -135,12 +168,19 @@ class Leakage:
 def leakage(
     observed: ObservedUpdate, victim: Victim, threat_model: str = "mask_aware", rows: SeenRows | None = None
 ) -> Leakage:
-    """Read the token set off the token-embedding gradient: a row is non-zero iff its token is in the batch."""
+    """Read the token set off the token-embedding gradient and the mask: a row is non-zero iff its token is in the
+    batch."""
     name, table = word_embedding(victim)
-    values, seen = _reader(observed, threat_model, rows)(name, table.shape)
-    leaked = ((values != 0) & seen).any(1)
-    unknown = ~seen.any(1)
-    return Leakage(leaked.nonzero().flatten().cpu(), unknown.nonzero().flatten().cpu(), table.shape[0])
+    reader = _reader(observed, threat_model, rows)
+    values, seen = reader(name, table.shape)
+    leaked = reader.nonzero(name, table.shape).any(1)
+    from_mask = leaked & ~((values != 0) & seen).any(1)
+    unknown = ~seen.any(1) & ~leaked
+
+    def ids(rows: torch.Tensor) -> torch.Tensor:
+        return rows.nonzero().flatten().cpu()
+
+    return Leakage(ids(leaked), ids(unknown), table.shape[0], ids(from_mask))
 
 
 def sequence_length(
@@ -152,11 +192,11 @@ def sequence_length(
 ) -> tuple[int, str]:
     """The batch's padded length T (frame tokens included) and how it was found.
 
-    A position row counts as used when a seen entry is non-zero, as unused when its seen entries are all zero (a
-    used row is dense), and as unknown when fully hidden. Used rows are 0..T−1, so T is pinned when the last used
-    row is followed by an unused one (or by max_length): `position_rows`. Otherwise T is the largest of the known
-    lower bounds (last used row + 1, distinct leaked tokens / B), capped by the first unused row; with no position
-    row and no token row seen, the public max_length.
+    A position row counts as used when an entry is known non-zero (seen, or read off the mask), as unused when its
+    seen entries are all zero (a used row is dense), and as unknown otherwise. Used rows are 0..T−1, so T is pinned
+    when the last used row is followed by an unused one (or by max_length): `position_rows`. Otherwise T is the
+    largest of the known lower bounds (last used row + 1, distinct leaked tokens / B), capped by the first unused
+    row; with no position row and no token row seen, the public max_length.
     """
     max_len = victim.input_shape[0]
     prefix, suffix = frame(victim.tokenizer)
@@ -165,9 +205,9 @@ def sequence_length(
     pos = position_embedding(victim)
     if pos is not None:
         name, table = pos
-        values, seen = _reader(observed, threat_model, rows)(name, table.shape)
-        values, seen = values[:max_len], seen[:max_len]
-        used = ((values != 0) & seen).any(1)
+        reader = _reader(observed, threat_model, rows)
+        seen = reader(name, table.shape)[1][:max_len]
+        used = reader.nonzero(name, table.shape)[:max_len].any(1)
         if used.any():
             used_any = True
             lo = int(used.nonzero().max()) + 1

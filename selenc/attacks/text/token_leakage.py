@@ -1,10 +1,11 @@
 """`token_leakage`: the analytic text attack, no optimisation: everything the embedding gradients give away (`reading`).
 
-The token set comes from the rows with a visible non-zero entry (a partly hidden row counts as leaked if any visible
-entry is non-zero; fully hidden rows are unknown and not reported). Counts and order are recovered only at B = 1 with
-the position rows and the leaked word rows visible (checked by the residual); else the answer is the set, one copy per
-token, given to every sample (the set cannot be attributed to samples). With the whole sentence known and several
-label candidates left, each candidate's update is compared with the observed one and the closest wins.
+The token set comes from the rows with an entry known to be non-zero: a visible non-zero entry (a partly hidden row
+counts), or, mask-aware under a support-revealing metric, a hidden entry the mask shows to be non-zero (`reading`);
+fully hidden rows the mask does not explain are unknown and not reported. Counts and order are recovered only at
+B = 1 with the position rows and the leaked word rows visible (checked by the residual); else the answer is the set,
+one copy per token, given to every sample (the set cannot be attributed to samples). With the whole sentence known
+and several label candidates left, each candidate's update is compared with the observed one and the closest wins.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def token_leakage(
             "threat_model": threat_model,
             "leaked_tokens": len(bag),
             "leaked_ids": bag,
+            "from_mask": int(leak.from_mask.numel()),
+            "mask_reading": reader.mask_reading,
             "unknown_rows": int(leak.unknown.numel()),
             "ordered": ordered is not None,
             "counts": "exact (B=1 position decomposition)" if ordered is not None else "set only (one copy each)",
