@@ -34,6 +34,12 @@ class PublicInfo:
     mask_source: str = "own"  # own: the client's scores alone; shared: the sum of K clients' scores
     ties: str = "index"  # equal scores to the lower flat index, or to client-seeded random decoys (`selection`)
 
+    @property
+    def model_facts(self) -> tuple:
+        """What the trials of one vectorised batch must share: model, batch size, input and update rule (each trial's
+        mask may be chosen its own way)."""
+        return self.arch, self.batch_size, self.num_classes, self.input_shape, self.update
+
 
 @dataclass(frozen=True)
 class ObservedUpdate:

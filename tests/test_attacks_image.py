@@ -10,6 +10,7 @@ import torch
 from selenc import data
 from selenc.attacks.base import Matcher
 from selenc.attacks.image import ATTACKS, BATCHED, random_images, recover_labels
+from selenc.gradients import client_update
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
 from selenc.observed import ObservedUpdate, observe, observe_client
@@ -249,7 +250,8 @@ def test_ig_breaks_unprotected_cnn(victims, params):
 @pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
 @pytest.mark.parametrize("arch", ["lenet", "cnn"])
 def test_batched_trials_equal_one_at_a_time(victims, raw_params, arch, name):
-    """Trials with their own samples, masks, threat models and seeds, attacked as one batch, get what each gets alone:
+    """Trials with their own samples, masks (metric, source, ties), threat models and seeds, attacked as one batch, get
+    what each gets alone:
     the same labels, losses and images to 1e-6 after 25 steps in float64 (in float32 the batched kernels' round-off,
     amplified by the optimisers on the ReLU CNN, moves images by up to ~0.06), a blind trial its prior."""
     victim, _ = float64(victims[arch], batch_of(victims[arch], 0))
@@ -257,10 +259,9 @@ def test_batched_trials_equal_one_at_a_time(victims, raw_params, arch, name):
     n = victim.num_parameters()
     masks = [random_mask(n, 0.0), random_mask(n, 0.3, seed=1), random_mask(n, 0.6, seed=2), random_mask(n, 1.0)]
     batches = [batch_of(victim, i) for i in range(len(masks))]
-    observed = [
-        observe_client(victim, Batch(b.inputs.double(), b.labels), params.update, m)
-        for b, m in zip(batches, masks, strict=True)
-    ]
+    how = [("none", "own", "index"), ("random", "shared", "index"), ("random", "own", "decoys"), ("all",) * 3]
+    updates = [client_update(victim, Batch(b.inputs.double(), b.labels), params.update) for b in batches]
+    observed = [observe(victim, u, m, 1, params.update, *h) for u, m, h in zip(updates, masks, how, strict=True)]
     threats, seeds = ["mask_aware", "zero_fill", "mask_aware", "mask_aware"], [5, 6, 7, 8]
     cfg = getattr(params.attacks, name)
     together = BATCHED[name](observed, victim, cfg, threats, seeds)

@@ -218,7 +218,7 @@ def _check(observed: list[ObservedUpdate], threat_models: list[str], seeds: list
             raise ValueError(f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
     first = observed[0]
     for o in observed[1:]:
-        if o.public != first.public or o.layout != first.layout:
+        if o.public.model_facts != first.public.model_facts or o.layout != first.layout:
             raise ValueError("every trial of a batch must share the model, the batch size and the update rule")
 
 
