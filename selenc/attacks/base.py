@@ -109,9 +109,9 @@ def mask_boundary(observed: ObservedUpdate) -> int | None:
     return int(observed.visible_index[0]) if observed.public.ties == "index" else None
 
 
-def known_nonzero(observed: ObservedUpdate) -> torch.Tensor:
-    """Bool (n,): the hidden coordinates the mask shows to be non-zero (those past `mask_boundary`; none if None)."""
-    boundary = mask_boundary(observed)
+def known_nonzero(observed: ObservedUpdate, boundary: int | None) -> torch.Tensor:
+    """Bool (n,): the hidden coordinates the mask shows to be non-zero, those past `boundary` (`mask_boundary`'s;
+    none if None)."""
     known = torch.zeros(observed.n, dtype=torch.bool)
     if boundary is not None:
         known[boundary + 1 :] = observed.mask[boundary + 1 :]

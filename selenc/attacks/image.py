@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.attacks.base import AttackResult, Timer, known_nonzero, one_trial
+from selenc.attacks.base import AttackResult, Timer, known_nonzero, mask_boundary, one_trial
 from selenc.attacks.lbfgs import lbfgs
 from selenc.config import THREAT_MODELS, derive_seed
 from selenc.gradients import batch_update
@@ -233,7 +233,7 @@ def _runs(
         labels = None if name == "dlg" else recover_labels(obs, victim, seed)
         target = obs.zero_filled().to(device)
         weight = torch.ones_like(target) if tm == "zero_fill" else (~obs.mask).to(device=device, dtype=target.dtype)
-        known = known_nonzero(obs).to(device) if tm == "mask_aware" else None
+        known = known_nonzero(obs, mask_boundary(obs)).to(device) if tm == "mask_aware" else None
         # only zeros visible, but the mask shows where the update is non-zero: match that support
         support = bool(weight.any()) and not bool((target * weight).any()) and known is not None and bool(known.any())
         if support:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from selenc.attacks.base import mask_boundary
+from selenc.attacks.base import known_nonzero, mask_boundary
 from selenc.config import THREAT_MODELS
 from selenc.models import Victim
 from selenc.observed import ObservedUpdate
@@ -111,6 +111,7 @@ class SeenRows:
         self.observed, self.threat_model = observed, threat_model
         self._full: torch.Tensor | None = None
         self.boundary = mask_boundary(observed) if threat_model == "mask_aware" else None
+        self._known: torch.Tensor | None = None  # `known_nonzero`, built on first use
 
     @property
     def mask_reading(self) -> str:
@@ -128,10 +129,10 @@ class SeenRows:
         values, seen = self(name, shape)
         known = (values != 0) & seen
         if self.boundary is not None:
+            if self._known is None:
+                self._known = known_nonzero(self.observed, self.boundary)
             span = self.observed.layout.span(name)
-            past = torch.zeros(span.stop - span.start, dtype=torch.bool)
-            past[max(0, self.boundary + 1 - span.start) :] = True
-            known |= (self.observed.mask[span] & past).view(tuple(shape)).to(known.device)
+            known |= self._known[span].view(tuple(shape)).to(known.device)
         return known
 
     def __call__(self, name: str, shape) -> tuple[torch.Tensor, torch.Tensor]:
