@@ -40,7 +40,9 @@ ATTACK_MODALITY: dict[str, str] = {
     "dlg": "image",
     "idlg": "image",
     "ig": "image",
+    "linear": "image",
     "token_leakage": "text",
+    "dager": "text",
     "tag": "text",
     "lamp": "text",
 }
@@ -232,6 +234,16 @@ class IGAttack(Section):
     restarts: PosInt
 
 
+class LinearAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    tv: Annotated[float, Field(ge=0.0)]
+    tv_lbfgs: Annotated[float, Field(ge=0.0)]  # the TV weight with L-BFGS's squared-distance objective
+    match: PosFloat  # weight of the gradient-matching term beside the feature term
+    restarts: PosInt
+    optimiser: Literal["auto", "adam", "lbfgs"]  # auto: L-BFGS for a model without ReLU, signed Adam otherwise
+
+
 class TAGAttack(Section):
     steps: PosInt
     lr: PosFloat
@@ -249,12 +261,14 @@ class LAMPAttack(Section):
     polish: Annotated[int, Field(ge=0)]
     restarts: PosInt
     restrict_vocab: bool
+    lm_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]  # LM prior's coefficient; 0: no prior, never loaded
 
 
 class Attacks(Section):
     dlg: LBFGSAttack
     idlg: LBFGSAttack
     ig: IGAttack
+    linear: LinearAttack
     tag: TAGAttack
     lamp: LAMPAttack
 

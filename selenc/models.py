@@ -112,12 +112,82 @@ class Victim:
     def modality(self) -> str:
         return ARCH_MODALITY[self.arch]
 
+    def _named(self, tensor: torch.Tensor | None) -> tuple[str, nn.Parameter] | None:
+        return None if tensor is None else next((n, p) for n, p in self.model.named_parameters() if p is tensor)
+
     def word_embedding(self) -> tuple[str, nn.Parameter] | None:
         """(name, parameter) of the token-embedding table (BERT, GPT-2); None for the image models."""
-        if self.modality != "text":
-            return None
-        table = self.model.get_input_embeddings().weight
-        return next((n, p) for n, p in self.model.named_parameters() if p is table)
+        return self._named(self.model.get_input_embeddings().weight) if self.modality == "text" else None
+
+    def input_layer(self) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """How the model turns word embeddings into its first hidden states: (position table, constant offset, whether
+        a LayerNorm follows). BERT: LN(w + pos + type_0); GPT-2: w + wpe (its LayerNorms sit inside the blocks); None
+        for the image models."""
+        if self.arch == "bert":
+            emb = self.model.bert.embeddings
+            return emb.position_embeddings.weight, emb.token_type_embeddings.weight.detach()[0], True
+        if self.arch == "gpt2":
+            wpe = self.model.transformer.wpe.weight
+            return wpe, torch.zeros_like(wpe[0]).detach(), False
+        return None
+
+    def position_embedding(self) -> tuple[str, nn.Parameter] | None:
+        """(name, parameter) of the learned absolute position embeddings (BERT, GPT-2), or None."""
+        layer = self.input_layer()
+        return None if layer is None else self._named(layer[0])
+
+    def head_bias(self) -> tuple[str, nn.Parameter] | None:
+        """(name, parameter) of a text classifier head's bias (BERT's `classifier.bias`); None without one (GPT-2)."""
+        head = getattr(self.model, "classifier", None) or getattr(self.model, "score", None)
+        return self._named(getattr(head, "bias", None))
+
+    @property
+    def causal(self) -> bool:
+        """Whether a position's hidden states depend only on the tokens up to it (GPT-2), not the whole sentence."""
+        return self.arch == "gpt2"
+
+    @property
+    def blocks(self) -> int:
+        """Transformer blocks of a text model (0 for the image models)."""
+        config = getattr(self.model, "config", None)
+        return getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", 0) if config else 0
+
+    def attention_projections(self, block: int) -> list[tuple[str, bool]]:
+        """(parameter name, whether its gradient's rows are input-space vectors) for the attention input projections
+        of transformer `block` (text models): every row (BERT's Linear query/key/value) or column (GPT-2's Conv1D
+        c_attn) of their weight gradient is a combination of the block's input rows (`block_inputs`)."""
+        if self.arch == "gpt2":
+            return [(f"transformer.h.{block}.attn.c_attn.weight", False)]
+        if self.arch == "bert":
+            stem = f"bert.encoder.layer.{block}.attention.self"
+            return [(f"{stem}.{k}.weight", True) for k in ("query", "key", "value")]
+        raise ValueError(f"{self.arch} has no attention blocks")
+
+    def block_inputs(self, ids: torch.Tensor, attention_mask: torch.Tensor, block: int) -> torch.Tensor:
+        """(B, T, d): the rows transformer `block`'s attention projections multiply for token ids (B, T), captured
+        by a forward hook on the projection."""
+        name = self.attention_projections(block)[0][0].removesuffix(".weight")
+        module = dict(self.model.named_modules())[name]
+        seen: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+        try:
+            labels = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+            self.logits(Batch(ids, labels, attention_mask))
+        finally:
+            handle.remove()
+        return seen[0]
+
+    def first_block_inputs(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        """(N, d): block 0's attention input for each token of `ids` (N,) placed at `position`. Each such row depends
+        on its own token and position alone (embeddings, then a LayerNorm), so no forward pass is needed."""
+        if self.arch == "gpt2":
+            t = self.model.transformer
+            return t.h[0].ln_1(t.wte.weight[ids] + t.wpe.weight[position])
+        if self.arch == "bert":
+            e = self.model.bert.embeddings
+            offset = e.position_embeddings.weight[position] + e.token_type_embeddings.weight[0]
+            return e.LayerNorm(e.word_embeddings.weight[ids] + offset)
+        raise ValueError(f"{self.arch} has no attention blocks")
 
     def image_batch(self, images: data.Images) -> Batch:
         x = data.to_tensor(images.images, self.input_shape[0]).to(self.device)

@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from selenc.config import Params, load_params, parse_params
@@ -45,3 +46,13 @@ def victims(params):
     from selenc.models import build_victim
 
     return {arch: build_victim(arch, params) for arch in ("lenet", "cnn", "bert", "gpt2")}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): small models run
+    fastest so, and two threads on a shared 2-core machine run these small ops up to 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

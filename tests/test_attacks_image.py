@@ -36,13 +36,7 @@ def run(name, observed, victim, params, threat_model="mask_aware", seed=3):
     return ATTACKS[name](observed, victim, getattr(params.attacks, name), threat_model, seed)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models run fastest on one thread; two threads on a shared 2-core machine can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from selenc.attacks.text import ATTACKS, BATCHED, optimise
 from selenc.attacks.text.decoding import proposal
 from selenc.attacks.text.objective import Distance
 from selenc.attacks.text.optimise import polish
-from selenc.attacks.text.reading import SeenRows, label_candidates, leakage, sequence_length, word_embedding
+from selenc.attacks.text.reading import SeenRows, label_candidates, leakage, sequence_length
 from selenc.attacks.text.token_leakage import token_leakage
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import Batch
@@ -30,13 +30,7 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads run these small ops up to 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +53,13 @@ def inner_tokens(victim, batch) -> list[list[int]]:
 
 
 def run(name, observed, victim, params, threat_model="mask_aware", seed=0):
-    cfg = None if name == "token_leakage" else getattr(params.attacks, name)
+    cfg = getattr(params.attacks, name, None)  # None for the analytic attacks
     return ATTACKS[name](observed, victim, cfg, threat_model, seed)
 
 
 def word_row_mask(victim, observed, rows: dict[int, slice]) -> torch.Tensor:
     """A mask hiding the given entries of token-embedding rows."""
-    name, table = word_embedding(victim)
+    name, table = victim.word_embedding()
     span = observed.layout.span(name)
     mask = torch.zeros(observed.n, dtype=torch.bool)
     block = mask[span].view(table.shape)
@@ -79,7 +73,7 @@ def same(a, b) -> bool:
 
 
 def test_registry():
-    assert set(ATTACKS) == {"token_leakage", "tag", "lamp"}
+    assert set(ATTACKS) == {"token_leakage", "dager", "tag", "lamp"}
 
 
 # --- token leakage ----------------------------------------------------------------------------------------------------
@@ -163,7 +157,7 @@ def test_all_zero_visible_values_at_a_partial_mask_are_not_blind(victims, tiny, 
     observed = ranked_observed(victim, tiny, batch, int((update != 0).sum()) + 3000 * width)
     assert not observed.visible.any()
     tokens = sorted(set(inner_tokens(victim, batch)[0]))
-    boundary_row = SeenRows(observed, "mask_aware").boundary - observed.layout.span(word_embedding(victim)[0]).start
+    boundary_row = SeenRows(observed, "mask_aware").boundary - observed.layout.span(victim.word_embedding()[0]).start
     boundary_row //= width
     assert 0 < boundary_row < max(tokens), "the ties must hide some rows, and a token must lie past them"
     result = run(name, observed, victim, tiny, "mask_aware", seed=0)
@@ -209,7 +203,7 @@ def test_length_labels_and_vocabulary_from_the_update(victims, params, arch):
         assert (cands, source) == ([tuple(batch.labels.tolist())], "head_bias")
     else:  # GPT-2's score head has no bias: both labels are probed
         assert (cands, source) == ([(0,), (1,)], "probe")
-    name, table = word_embedding(victim)
+    name, table = victim.word_embedding()
     for tm in ("mask_aware", "zero_fill"):
         values, seen = SeenRows(observed, tm)(name, table.shape)
         ref_values, ref_seen = observed.rows(name, tuple(table.shape))
@@ -241,7 +235,7 @@ def test_distance_equals_the_matchers(victims, params, arch):
         weight = torch.ones(observed.n) if tm == "zero_fill" else (~observed.mask).float()
         d = client_update(victim, dummy, params.update) * weight
         t = observed.zero_filled() * weight
-        pieces = [(d[layout.span(n)], t[layout.span(n)]) for n in layout.names if n != word_embedding(victim)[0]]
+        pieces = [(d[layout.span(n)], t[layout.span(n)]) for n in layout.names if n != victim.word_embedding()[0]]
         largest = max(float(b.norm()) for _, b in pieces)  # tensors at round-off (BERT's key biases) are left out
         terms = [1 - float(a.dot(b) / (a.norm() * b.norm())) for a, b in pieces if float(b.norm()) > 1e-6 * largest]
         got = distance_of(observed, victim, tm, "layer_cosine", 0.0, dummy)
@@ -284,7 +278,7 @@ def test_attacks_return_valid_reconstructions(victims, tiny, arch, name, threat_
     if name != "token_leakage":
         assert len(result.losses) >= getattr(tiny.attacks, name).steps
     if name == "lamp":
-        assert "no pretrained language model" in result.info["lm_prior"]
+        assert result.info["lm_prior"].startswith("none (lm_weight 0)")  # params.yaml: prior off (test_prior.py)
 
 
 @pytest.mark.parametrize("arch", TEXT)
@@ -307,7 +301,7 @@ def test_vocabulary_restriction_and_its_fallback(victims, raw_params, arch):
     restricted = run("tag", observed, victim, params)
     # decoded onto the leaked tokens, each of them at least once (a 3-step run cannot find them otherwise)
     assert restricted.info["vocab"] == "leaked" and set(restricted.token_ids[0]) == truth
-    name, _ = word_embedding(victim)
+    name, _ = victim.word_embedding()
     mask = torch.zeros(observed.n, dtype=torch.bool)
     mask[observed.layout.span(name)] = True  # every token-embedding row encrypted
     hidden = run("tag", observe_client(victim, batch, params.update, mask), victim, params)

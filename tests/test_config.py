@@ -97,7 +97,7 @@ BAD = [
         ["ig"],
         [
             "sweep.bert.attacks: 'ig' is an image attack and bert is a text model",
-            "allowed: token_leakage, tag, lamp",
+            "allowed: token_leakage, dager, tag, lamp",
         ],
     ),
     (

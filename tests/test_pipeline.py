@@ -34,14 +34,14 @@ def tiny_params(raw: dict) -> dict:
             "workers": 2,
             "time_limit_s": 300,
             "lenet": grid(["random", "magnitude"], ["dlg"], [0.0, 0.5, 1.0]),
-            "cnn": grid(["magnitude"], ["ig"], [0.0, 0.5]),
+            "cnn": grid(["magnitude"], ["ig", "linear"], [0.0, 0.5]),
             "bert": grid(["magnitude"], ["token_leakage", "tag"], [0.0, 0.01]),
-            "gpt2": grid(["embedding_rows"], ["token_leakage", "lamp"], [0.0, 0.01], ("index", "decoys")),
+            "gpt2": grid(["embedding_rows"], ["token_leakage", "dager", "lamp"], [0.0, 0.01], ("index", "decoys")),
         }
     )
     raw["sweep"].update(bound_grid=2, bound_iters=1)
     raw["significance"]["samples"] = 1
-    for attack in ("dlg", "idlg", "ig", "tag", "lamp"):
+    for attack in ("dlg", "idlg", "ig", "linear", "tag", "lamp"):
         raw["attacks"][attack].update(steps=3, restarts=1)
     raw["theory"].update(grid=2, power_iters=1, svd_rank=16, samples=2)
     for case in raw["theory"]["cases"]:

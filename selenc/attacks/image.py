@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from selenc.attacks.base import AttackResult, Timer, known_nonzero, mask_boundary, one_trial
-from selenc.attacks.lbfgs import lbfgs
+from selenc.attacks.lbfgs import Objective, lbfgs
 from selenc.config import THREAT_MODELS, derive_seed
 from selenc.gradients import batch_update
 from selenc.models import Batch, Victim
@@ -291,6 +291,19 @@ def _results(
     return [out[i] for i in range(size)]
 
 
+def row_objective(step: Callable[..., tuple[torch.Tensor, torch.Tensor]], args: tuple) -> Objective:
+    """`lbfgs`'s objective from a vmapped `step(points, *args) -> (gradients, values)` whose per-run `args` (None:
+    shared) are indexed by the rows the call evaluates."""
+    rows = len(args[0])
+
+    def objective(points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        whole = len(idx) == rows  # every row: no copies of the targets
+        grad, value = step(points, *(args if whole else (a if a is None else a[idx] for a in args)))
+        return value.detach(), grad.detach()
+
+    return objective
+
+
 # --- DLG / iDLG ----------------------------------------------------------------------------------------------
 def _dlg_family(
     observed: list[ObservedUpdate], victim: Victim, cfg, threat_models: list[str], seeds: list[int], name: str
@@ -317,12 +330,7 @@ def _dlg_family(
                 torch.func.grad_and_value(one), in_dims=(0, 0, 0, 0, 0, None if support is None else 0)
             )
 
-            def objective(points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                whole = len(idx) == rows  # every row: no copies of the targets
-                args = (runs.target, runs.weight, scale, fixed, support)
-                grad, value = step(points, *(args if whole else (a if a is None else a[idx] for a in args)))
-                return value.detach(), grad.detach()
-
+            objective = row_objective(step, (runs.target, runs.weight, scale, fixed, support))
             start = runs.x0.reshape(rows, -1)
             if runs.z0 is not None:
                 start = torch.cat([start, runs.z0.reshape(rows, -1)], 1)
@@ -357,20 +365,32 @@ def ig_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
                 torch.func.grad_and_value(lambda x, y, t, w, n, s: matching.cosine(x, y, t, w, n, cfg.tv, s)),
                 in_dims=(0, 0, 0, 0, 0, None if support is None else 0),
             )
-            x = runs.x0.clone().requires_grad_()
-            opt = torch.optim.Adam([x], lr=cfg.lr)
-            milestones = [round(cfg.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-            schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-            for _ in range(cfg.steps):
-                grad, value = step(x.detach(), runs.labels, runs.target, runs.weight, norms, support)
-                x.grad = grad.sign()
-                opt.step()
-                schedule.step()
-                with torch.no_grad():
-                    x.clamp_(0, 1)
-                trace.append(value.detach())
-            _, finals = step(x.detach(), runs.labels, runs.target, runs.weight, norms, support)
+            x, finals, trace = signed_adam(
+                step, runs.x0, (runs.labels, runs.target, runs.weight, norms, support), cfg.steps, cfg.lr
+            )
     return _results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
+
+
+def signed_adam(
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]], x0: torch.Tensor, args: tuple, steps: int, lr: float
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """IG's optimiser on stacked runs: Adam on the sign of `step(x, *args)`'s input gradient, lr x0.1 at 3/8, 5/8
+    and 7/8 of the steps, box [0, 1] after each step. Returns the final inputs, their objective and the trace."""
+    x = x0.clone().requires_grad_()
+    opt = torch.optim.Adam([x], lr=lr)
+    milestones = [round(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    trace = []
+    for _ in range(steps):
+        grad, value = step(x.detach(), *args)
+        x.grad = grad.sign()
+        opt.step()
+        schedule.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        trace.append(value.detach())
+    _, finals = step(x.detach(), *args)
+    return x.detach(), finals.detach(), trace
 
 
 BATCHED: dict[str, Callable[..., list[AttackResult]]] = {"dlg": dlg_batch, "idlg": idlg_batch, "ig": ig_batch}

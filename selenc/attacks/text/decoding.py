@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from selenc.attacks.text.reading import Leakage, excluded, frame, input_layer
+from selenc.attacks.text.reading import Leakage, excluded, frame
 from selenc.models import Victim
 
 
@@ -64,7 +64,7 @@ class Decoder:
                 self.required = cols.to(device)
         self.typical_norm = float(self.table.norm(dim=1).mean())
         self.rms = float(self.table.square().mean().sqrt())
-        layer = input_layer(victim)
+        layer = victim.input_layer()
         self.input_layer = None if layer is None else (layer[0].detach(), layer[1], layer[2])
 
     def init(self, gen: torch.Generator) -> torch.Tensor:

@@ -24,7 +24,6 @@ import itertools
 
 import torch
 
-from selenc.attacks.text.reading import word_embedding
 from selenc.config import THREAT_MODELS
 from selenc.gradients import batch_update
 from selenc.models import Batch, Victim
@@ -48,7 +47,7 @@ class Distance:
                 raise ValueError(f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
         self.kind, self.alpha = kind, alpha
         layout, device = observed[0].layout, victim.device
-        word = word_embedding(victim)[0]
+        word = victim.word_embedding()[0]
         targets, weights = [], []
         for obs, tm in zip(observed, threat_models, strict=True):
             t = obs.zero_filled().to(device)
@@ -181,3 +180,28 @@ class _LayerCosine(torch.autograd.Function):
     def backward(ctx, grad, _):
         (g,) = ctx.saved_tensors
         return grad * g, None, None, None, None, None
+
+
+def closest_labels(
+    observed: ObservedUpdate,
+    victim: Victim,
+    threat_model: str,
+    sentences: list[list[int]],
+    candidates: list[tuple[int, ...]],
+) -> tuple[int, ...]:
+    """The label multiset whose update on the recovered `sentences` (token ids, frame included) is closest (L2 + L1)
+    to the observed one; the first candidate when there is one, or nothing is compared."""
+    distance = Distance([observed], victim, [threat_model], "l2_l1")
+    if len(candidates) == 1 or distance.blind[0]:
+        return candidates[0]
+    length = max(map(len, sentences))
+    ids = torch.zeros(len(sentences), length, dtype=torch.long, device=victim.device)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sentences):
+        ids[i, : len(s)] = torch.tensor(s, device=victim.device)
+        mask[i, : len(s)] = 1
+    embeds = victim.model.get_input_embeddings().weight.detach()[ids]
+    row = distance.row()
+    with torch.no_grad():
+        losses = [float(distance.value(embeds, torch.tensor(c, device=victim.device), mask, *row)) for c in candidates]
+    return candidates[min(range(len(candidates)), key=losses.__getitem__)]

@@ -14,9 +14,13 @@ is one `torch.func.vmap` over the rows of `grad_and_value` of the row's gradient
   paper, the continuous embeddings are permuted and scored; the decoded tokens of each phase are scored too and the
   best decoded sentence is kept); at the end, `polish` rounds of one reordering of each row's best decoded sentence
   are scored together, each kept when it lowers the row's distance (continuous embeddings can carry a position
-  offset, so permuting them does not always move a token; permuting decoded tokens does). **No language-model
-  prior**: the paper ranks candidates with GPT-2's perplexity as well, but no pretrained GPT-2 weights exist
-  offline, so they are ranked by the gradient distance alone (`info["lm_prior"]`).
+  offset, so permuting them does not always move a token; permuting decoded tokens does). **Language-model prior**
+  (`lm_weight` > 0): as the paper ranks candidates with GPT-2's perplexity as well, every candidate in these phases
+  is ranked by its gradient distance + lm_weight × the mean token NLL of its decoded text (continuous candidates are
+  projected to tokens first) under SmolLM2-135M (`prior`; no pretrained GPT-2 weights exist offline), the texts of a
+  phase scored in one LM call (`prior.nll`); the best decoded sentence, the polish and the choice among restarts use the
+  same sum (`info["restart_distances"]` then holds it). lm_weight 0 ranks by the gradient distance alone and never
+  loads the model (`info["lm_prior"]`).
 
 What a trial reads before optimising (`reading`): its sequence length, label candidates and decoding vocabulary.
 All B dummies of a trial get its padded length T with full attention (per-sentence lengths at B > 1 are not known; a
@@ -41,6 +45,7 @@ import torch
 from selenc.attacks.base import AttackResult, Timer
 from selenc.attacks.text.decoding import Decoder, proposal, vocabulary
 from selenc.attacks.text.objective import Distance
+from selenc.attacks.text.prior import PRIOR_NAME, language_model, nll
 from selenc.attacks.text.reading import (
     SeenRows,
     frame,
@@ -105,7 +110,11 @@ def _read(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, meth
         "restarts": cfg.restarts,
     }
     if method == "lamp":
-        info["lm_prior"] = "none: no pretrained language model offline; candidates ranked by gradient distance"
+        info["lm_prior"] = (
+            f"{PRIOR_NAME}: candidates ranked by gradient distance + {cfg.lm_weight} x mean token NLL of their text"
+            if cfg.lm_weight > 0
+            else "none (lm_weight 0): candidates ranked by gradient distance alone"
+        )
     decoder = Decoder(victim, observed.public.batch_size, length, allowed, required)
     return _Reading(decoder, cands, info)
 
@@ -263,8 +272,15 @@ def _optimise(
     def decoded(k: int, ids: torch.Tensor) -> torch.Tensor:
         return rows.pad(k, readings[rows.trial[k]].decoder.embed(ids))
 
-    def project(k: int) -> torch.Tensor:
-        return readings[rows.trial[k]].decoder.project(rows.x[k, :, : rows.n_free[k]])
+    def project(k: int, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Row k's decoded inner ids (B, n_free): of its state, or of embeddings x (B, P, E) in its place."""
+        x = rows.x[k] if x is None else x
+        return readings[rows.trial[k]].decoder.project(x[:, : rows.n_free[k]])
+
+    prior = _prior(victim, cfg.lm_weight) if method == "lamp" and cfg.lm_weight > 0 else None
+
+    def with_prior(values: torch.Tensor, ids: list[torch.Tensor]) -> torch.Tensor:
+        return values if prior is None else values + prior(ids)
 
     specs = zip(rows.trial, rows.restart, rows.candidate, strict=True)
     moves = [_generator(seeds[i], method, "moves", r, c) for i, r, c in specs]
@@ -284,7 +300,7 @@ def _optimise(
             rows.losses[k].append(v)
         done = t + 1
         if method == "lamp" and done % cfg.reorder_every == 0 and done < cfg.steps:
-            _reorder(rows, cfg.reorder_candidates, score, moves, best, project, decoded)
+            _reorder(rows, cfg.reorder_candidates, score, moves, best, project, decoded, prior)
         if probing and done == probe:
             keep, tails = _probe(rows)
             for (i, _), losses in tails.items():
@@ -294,6 +310,7 @@ def _optimise(
             rows.keep(keep)
     ids = [project(k) for k in range(len(rows))]
     values = score(torch.stack([decoded(k, ids[k]) for k in range(len(rows))]), torch.arange(len(rows)))
+    values = with_prior(values, ids)
     found = []
     for k in range(len(rows)):
         found.append((float(values[k]), ids[k]))
@@ -304,7 +321,7 @@ def _optimise(
 
         def score_ids(members: list[int], ids: list[torch.Tensor]) -> torch.Tensor:
             xs = torch.stack([decoded(k, i) for k, i in zip(members, ids, strict=True)])
-            return score(xs, torch.tensor(members, device=xs.device))
+            return with_prior(score(xs, torch.tensor(members, device=xs.device)), ids)
 
         found = polish(found, cfg.polish, score_ids, gens)
     out: dict[int, AttackResult] = {}
@@ -321,6 +338,24 @@ def _optimise(
         out[i] = _result(victim, found[win][1], labels, rows.losses[win], reading.info)
         out[i].info["restart_distances"] = [found[k][0] for k in members]
     return out
+
+
+def _prior(victim: Victim, weight: float) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """LAMP's language-model term: candidates' inner ids (B, n) each -> (N,) float64 weight x the mean over the B
+    sentences of the LM's mean token NLL of the decoded text; one LM call over the texts not scored before in this
+    attack (many candidates decode alike), loading the model on the victim's device on first use."""
+    lm, tok = language_model(victim.device), victim.tokenizer
+    seen: dict[str, float] = {}
+
+    def prior(candidates: list[torch.Tensor]) -> torch.Tensor:
+        texts = [[tok.decode(strip(tok, row)) for row in ids.tolist()] for ids in candidates]
+        new = sorted({t for sentences in texts for t in sentences} - seen.keys())
+        if new:
+            seen.update(zip(new, nll(new, lm).tolist(), strict=True))
+        means = [sum(seen[t] for t in sentences) / len(sentences) for sentences in texts]
+        return weight * torch.tensor(means, dtype=torch.float64)
+
+    return prior
 
 
 def _unpadded(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -371,10 +406,13 @@ def _probe(rows: _Rows) -> tuple[list[int], dict[tuple[int, int], list[float]]]:
     return sorted(keep), tails
 
 
-def _reorder(rows: _Rows, candidates: int, score: Callable, moves, best: list, project, decoded) -> None:
+def _reorder(
+    rows: _Rows, candidates: int, score: Callable, moves, best: list, project, decoded, prior: Callable | None
+) -> None:
     """LAMP's discrete phase for every row at once: `candidates` reorderings of one sample's embeddings per row, all
-    scored in one pass; a row's best replaces its state (and Adam moments) if lower. Then every row's projection is
-    scored and kept if it is the row's best so far."""
+    scored in one pass (with the LM `prior`: each one's projection decoded and its text scored too, in one LM call);
+    a row's best replaces its state (and Adam moments) if lower. Then every row's projection is scored and kept if it
+    is the row's best so far."""
     n_rows, batch = len(rows), rows.x.shape[1]
     movable = [k for k in range(n_rows) if rows.n_free[k] >= 2]
     variants, owner, moved_by = [rows.x], list(range(n_rows)), [None] * n_rows
@@ -389,6 +427,8 @@ def _reorder(rows: _Rows, candidates: int, score: Callable, moves, best: list, p
             moved_by.append((sample, perm))
     xs = torch.cat(variants)
     values = score(xs, torch.tensor(owner, device=rows.x.device))
+    if prior is not None:
+        values = values + prior([project(k, x) for k, x in zip(owner, xs, strict=True)])
     lowest = values[:n_rows].clone()
     choice: list[tuple[int, torch.Tensor] | None] = [None] * n_rows
     for j in range(n_rows, len(owner)):
@@ -403,6 +443,8 @@ def _reorder(rows: _Rows, candidates: int, score: Callable, moves, best: list, p
                     t[k, sample, : len(perm)] = t[k, sample, perm]
     ids = [project(k) for k in range(n_rows)]
     values = score(torch.stack([decoded(k, ids[k]) for k in range(n_rows)]), torch.arange(n_rows, device=rows.x.device))
+    if prior is not None:
+        values = values + prior(ids)
     for k in range(n_rows):
         if best[k] is None or float(values[k]) < best[k][0]:
             best[k] = (float(values[k]), ids[k])
@@ -416,7 +458,8 @@ def polish(
 ) -> list[tuple[float, torch.Tensor]]:
     """LAMP's discrete search on decoded tokens, every row at once: `steps` rounds of one random reordering (swap two
     tokens, move a token, move a span) of one sample's tokens (B, n) per row, all rows' proposals scored in one call
-    `score(rows, ids)`, each kept when it lowers its row's gradient distance (first-improvement hill climbing)."""
+    `score(rows, ids)` (LAMP's: gradient distance, + the LM prior when on), each kept when it lowers its row's score
+    (first-improvement hill climbing)."""
     found = list(found)
     movable = [k for k, (_, ids) in enumerate(found) if ids.shape[1] >= 2]
     for _ in range(steps if movable else 0):

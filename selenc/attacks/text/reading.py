@@ -42,42 +42,7 @@ MAX_LABEL_CANDIDATES = 16  # label multisets probed at most
 ORDER_TOLERANCE = 1e-3  # relative residual under which the position decomposition counts as exact
 
 
-# --- the model's embedding tables, head and tokenizer frame -------------------------------------------------------
-def _param(victim: Victim, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
-    return next((n, p) for n, p in victim.model.named_parameters() if p is tensor)
-
-
-def word_embedding(victim: Victim) -> tuple[str, torch.Tensor]:
-    """(name, parameter) of the token-embedding table."""
-    return victim.word_embedding()
-
-
-def position_embedding(victim: Victim) -> tuple[str, torch.Tensor] | None:
-    """(name, parameter) of the learned absolute position embeddings (BERT, GPT-2), or None."""
-    layer = input_layer(victim)
-    return None if layer is None else _param(victim, layer[0])
-
-
-def input_layer(victim: Victim) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """How the model turns word embeddings into its first hidden states: (position table, constant offset, whether a
-    LayerNorm follows). BERT: LN(w + pos + type_0); GPT-2: w + wpe (its LayerNorms sit inside the blocks)."""
-    model = victim.model
-    if hasattr(model, "bert"):
-        emb = model.bert.embeddings
-        return emb.position_embeddings.weight, emb.token_type_embeddings.weight.detach()[0], True
-    if hasattr(model, "transformer") and hasattr(model.transformer, "wpe"):
-        wpe = model.transformer.wpe.weight
-        return wpe, torch.zeros_like(wpe[0]).detach(), False
-    return None
-
-
-def head_bias(victim: Victim) -> tuple[str, torch.Tensor] | None:
-    """(name, parameter) of the classification head's bias (BERT's `classifier.bias`); None without one (GPT-2)."""
-    head = getattr(victim.model, "classifier", None) or getattr(victim.model, "score", None)
-    bias = getattr(head, "bias", None)
-    return None if bias is None else _param(victim, bias)
-
-
+# --- the tokenizer's frame ------------------------------------------------------------------------------------
 def frame(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after every sentence (BERT: [CLS] / [SEP]; GPT-2: none)."""
     inner = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -171,7 +136,7 @@ def leakage(
 ) -> Leakage:
     """Read the token set off the token-embedding gradient and the mask: a row is non-zero iff its token is in the
     batch."""
-    name, table = word_embedding(victim)
+    name, table = victim.word_embedding()
     reader = _reader(observed, threat_model, rows)
     values, seen = reader(name, table.shape)
     leaked = reader.nonzero(name, table.shape).any(1)
@@ -203,7 +168,7 @@ def sequence_length(
     prefix, suffix = frame(victim.tokenizer)
     shortest = len(prefix) + len(suffix) + 1
     lo, hi, used_any = 0, max_len, False
-    pos = position_embedding(victim)
+    pos = victim.position_embedding()
     if pos is not None:
         name, table = pos
         reader = _reader(observed, threat_model, rows)
@@ -238,7 +203,7 @@ def label_candidates(
     info = observed.public
     batch, classes = info.batch_size, info.num_classes
     every = list(itertools.combinations_with_replacement(range(classes), batch))[:MAX_LABEL_CANDIDATES]
-    bias = head_bias(victim)
+    bias = victim.head_bias()
     if bias is None:
         return every, "probe"
     name, param = bias
@@ -270,7 +235,7 @@ def order_by_positions(
     1e-3) and uses every leaked token. Needs T pinned by the position rows, no fully hidden word row and at least T
     commonly seen columns (G has rank T ≤ E generically).
     """
-    pos = position_embedding(victim)
+    pos = victim.position_embedding()
     if pos is None or observed.public.batch_size != 1 or leak.unknown.numel() or not leak.leaked.numel():
         return None
     reader = _reader(observed, threat_model, rows)
@@ -279,7 +244,7 @@ def order_by_positions(
         return None
     name, table = pos
     p_vals, p_seen = reader(name, table.shape)
-    w_name, w_table = word_embedding(victim)
+    w_name, w_table = victim.word_embedding()
     w_vals, w_seen = reader(w_name, w_table.shape)
     ids = leak.leaked.to(w_vals.device)
     cols = p_seen[:length].all(0) & w_seen[ids].all(0)

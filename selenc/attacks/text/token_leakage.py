@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from selenc.attacks.base import AttackResult, Timer
-from selenc.attacks.text.objective import Distance
+from selenc.attacks.text.objective import closest_labels
 from selenc.attacks.text.reading import (
     SeenRows,
     label_candidates,
@@ -43,18 +43,8 @@ def token_leakage(
         cands, label_source = label_candidates(observed, victim, threat_model, reader)
         labels = cands[0]
         if len(cands) > 1 and ordered is not None:
-            distance = Distance([observed], victim, [threat_model], "l2_l1")
-            if not distance.blind[0]:
-                ids = torch.tensor([ordered], device=victim.device)
-                embeds = victim.model.get_input_embeddings().weight.detach()[ids]
-                mask = torch.ones_like(ids)
-                row = distance.row()
-                with torch.no_grad():
-                    losses = [
-                        float(distance.value(embeds, torch.tensor(c, device=victim.device), mask, *row)) for c in cands
-                    ]
-                labels = cands[min(range(len(cands)), key=losses.__getitem__)]
-                label_source += "+exact_tokens"
+            labels = closest_labels(observed, victim, threat_model, [ordered], cands)
+            label_source += "+exact_tokens"
     return AttackResult(
         labels=torch.tensor(labels),
         token_ids=token_ids,
