@@ -17,6 +17,7 @@ which the attacks and the theory assume.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -168,14 +169,8 @@ class Victim:
         by a forward hook on the projection."""
         name = self.attention_projections(block)[0][0].removesuffix(".weight")
         module = dict(self.model.named_modules())[name]
-        seen: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
-        try:
-            labels = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-            self.logits(Batch(ids, labels, attention_mask))
-        finally:
-            handle.remove()
-        return seen[0]
+        labels = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        return module_input(module, lambda: self.logits(Batch(ids, labels, attention_mask)))
 
     def first_block_inputs(self, ids: torch.Tensor, position: int) -> torch.Tensor:
         """(N, d): block 0's attention input for each token of `ids` (N,) placed at `position`. Each such row depends
@@ -245,6 +240,29 @@ class Victim:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the module of interest has received its input."""
+
+
+def module_input(module: nn.Module, forward: Callable[[], object]) -> torch.Tensor:
+    """The first positional input `module` receives while `forward()` runs; the forward stops there (no work past
+    it). Works under `torch.func` transforms."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        seen.append(args[0])
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        forward()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def target_batch(victim: Victim, dataset: str, indices: list[int]) -> Batch:

@@ -66,7 +66,7 @@ from selenc.attacks.image import (
     total_variation,
 )
 from selenc.attacks.lbfgs import lbfgs
-from selenc.models import Victim
+from selenc.models import Victim, module_input
 from selenc.observed import ObservedUpdate
 
 ALS_ITERATIONS = 50  # alternating least squares sweeps of the rank-1 fit (exact data converges in one or two)
@@ -86,31 +86,10 @@ class Reading:
         return int(self.known.sum())
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the last linear layer's input has been seen."""
-
-
 def layer_input(victim: Victim, layer: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (B, C, H, W) -> the input (B, d) of `layer` in the victim's forward (the forward stops there); works under
-    `torch.func` transforms."""
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-
-        def hook(_module, inputs):
-            seen.append(inputs[0])
-            raise _Stop
-
-        handle = layer.register_forward_pre_hook(hook)
-        try:
-            victim.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return seen[0].flatten(1)
-
-    return features
+    """x (B, C, H, W) -> the input (B, d) of `layer` in the victim's forward (`models.module_input`: the forward stops
+    there); works under `torch.func` transforms."""
+    return lambda x: module_input(layer, lambda: victim.model(x)).flatten(1)
 
 
 def _non_negative(victim: Victim, layer: torch.nn.Module, shape: tuple[int, ...], seed: int) -> bool:

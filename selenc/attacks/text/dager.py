@@ -9,23 +9,28 @@ candidate input lies in it (relative residual under SPAN_TOL) only if it is one 
 1. **Tokens per position** (block 0): block 0's input at position p depends on the token at p alone
    (`Victim.first_block_inputs`), so every vocabulary token is checked at every position: the tokens that pass form
    C_p. Positions run from 0 until none passes, which also gives the longest length.
-2. **Sentences** (block 1): each live sentence extends its prefix by the candidate whose block-1 input row at p lies
-   closest to block 1's span (`Victim.block_inputs`). In a causal model (GPT-2) that row depends on the prefix alone,
-   so the check is exact, and a sentence ends when no candidate passes END_TOL. BERT's rows depend on the whole
-   sentence: its prefix check is a heuristic (DAGER's exhaustive encoder search is not implemented), and a sentence
-   ends at its [SEP]. With block 1 unusable, C_p is dealt to the live sentences in residual order.
+2. **Sentences** (B > 1, block 1): position by position, the live sentences take the candidates by least-cost
+   assignment (every candidate to some sentence), the cost being the distance of each extended prefix's block-1
+   input row at p from block 1's span (`Victim.block_inputs`). A sentence ends at the tokenizer's end token ([SEP]),
+   and the live count at p is the largest candidate count from p on. BERT's rows depend on the whole sentence, so the
+   prefix check is a heuristic (DAGER's exhaustive encoder search is not implemented). Block 1 is read only when it
+   is not the model's last block: in the last one only the pooled position's query carries gradient (the default
+   2-block GPT-2), and then C_p is dealt to the live sentences in block-0 residual order. At B = 1 each position takes
+   its lowest-residual candidate.
 
 A LayerNorm without bias (random-init GPT-2: γ = 1, β = 0) makes the block-0 check scale-invariant: (v, p) passes
-whenever (v, q), (u, p) and (u, q) are inputs, so C_p can be a superset (a repeated token at B = 1 is enough); block 1
-then decides.
+whenever (v, q), (u, p) and (u, q) are inputs, so C_p can be a superset (a repeated token at B = 1 is enough); the
+true token then still has the lowest residual in the cases measured, but nothing guarantees it.
 
-**What it needs of the update.** The fully visible input-space vectors of block 0: at least rank B·T of them (of
-3d for either model); a vector with a hidden entry is dropped (its hidden part would bend it out of the span). Fewer
-visible vectors give a smaller span, and tokens outside it are lost; the zero-fill attacker takes hidden entries as 0,
-which bends every partly hidden vector. A span of full rank d (B·T ≥ d) decides nothing. When block 0 gives no
-candidate the attack falls back to `token_leakage` (what the embedding gradients and the mask give away) and says so
-in `info["fallback"]`. The labels come from `reading.label_candidates`, the closest candidate on the recovered
-sentences winning.
+**What it needs of the update** (`Span`). Input-space vectors of block 0 visible on a common set of coordinates, more
+of them than the rank B·T of the span they show (of 3d vectors for either model). A vector with hidden entries still
+lies in the span on its visible coordinates, so the span is read on the most-seen coordinates, shrunk until the
+vectors fully visible there saturate it; too few vectors give a smaller span and tokens outside it would be lost, so
+an unsaturated span is not used. The zero-fill attacker takes hidden entries as 0, which bends every partly hidden
+vector. A span of rank near its coordinate count (B·T close to d) decides nothing. When block 0 gives no candidate
+the attack falls back to `token_leakage` (what the embedding gradients and the mask give away) and says so in
+`info["fallback"]`. The labels come from `reading.label_candidates`, the closest candidate on the recovered sentences
+winning.
 """
 
 from __future__ import annotations
@@ -77,12 +82,11 @@ class Span:
             full = m[w[:, dims].all(1)][:, dims]
             if full.shape[0] > 0:
                 _, sv, vh = torch.linalg.svd(full, full_matrices=False)
-                rank = int((sv > RANK_TOL * sv[0]).sum()) if sv[0] > 0 else 0
-                if 0 < rank <= FILL_MAX * size and full.shape[0] >= rank + RANK_MARGIN:
-                    self.basis, self.dims = vh[:rank].T.contiguous(), dims
-                    self.rank, self.visible = rank, full.shape[0]
+                self.rank = int((sv > RANK_TOL * sv[0]).sum()) if sv[0] > 0 else 0
+                self.visible = full.shape[0]
+                if 0 < self.rank <= FILL_MAX * size and self.visible >= self.rank + RANK_MARGIN:
+                    self.basis, self.dims = vh[: self.rank].T.contiguous(), dims
                     break
-                self.rank, self.visible = rank, full.shape[0]
             size = int(size * SHRINK)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,34 +169,39 @@ def dager(
     """Analytic: each position's tokens from block 0's gradient span, sorted into sentences by block 1's; the
     embedding-gradient reading (`token_leakage`) when block 0 shows nothing usable."""
     with Timer() as timer:
-        reader = SeenRows(observed, threat_model)
-        span0 = Span(reader, victim, 0)
-        cands = candidates(span0, victim) if span0.basis is not None else []
-        if not cands:
-            fallback = token_leakage(observed, victim, cfg, threat_model, seed)
-            fallback.info = {"fallback": "token_leakage", "block0": span0.describe()} | fallback.info
-            return fallback
-        batch = observed.public.batch_size
-        span1 = Span(reader, victim, 1) if victim.blocks > 2 else None
-        usable = span1 if span1 is not None and span1.basis is not None else None
-        seqs = sentences(usable, victim, cands, batch) if batch > 1 else [[t for (t, _), *_ in cands]]
-        label_cands, label_source = label_candidates(observed, victim, threat_model, reader)
-        labels = label_cands[0]
-        if len(label_cands) > 1 and all(seqs):
-            labels = closest_labels(observed, victim, threat_model, seqs, label_cands)
-            label_source += "+recovered_sentences"
-        tok = victim.tokenizer
-        token_ids = [strip(tok, s) for s in seqs]
+        result = _read_sentences(observed, victim, cfg, threat_model, seed)
+    result.seconds = timer.seconds  # the span check's time counts for the fallback too
+    return result
+
+
+def _read_sentences(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
+    reader = SeenRows(observed, threat_model)
+    span0 = Span(reader, victim, 0)
+    cands = candidates(span0, victim) if span0.basis is not None else []
+    if not cands:
+        fallback = token_leakage(observed, victim, cfg, threat_model, seed)
+        fallback.info = {"fallback": "token_leakage", "block0": span0.describe()} | fallback.info
+        return fallback
+    batch = observed.public.batch_size
+    span1 = Span(reader, victim, 1) if batch > 1 and victim.blocks > 2 else None
+    usable = span1 if span1 is not None and span1.basis is not None else None
+    seqs = sentences(usable, victim, cands, batch) if batch > 1 else [[t for (t, _), *_ in cands]]
+    label_cands, label_source = label_candidates(observed, victim, threat_model, reader)
+    labels = label_cands[0]
+    if len(label_cands) > 1 and all(seqs):
+        labels = closest_labels(observed, victim, threat_model, seqs, label_cands)
+        label_source += "+recovered_sentences"
+    tok = victim.tokenizer
+    token_ids = [strip(tok, s) for s in seqs]
     return AttackResult(
         labels=torch.tensor(labels),
         token_ids=token_ids,
         texts=[tok.decode(ids) for ids in token_ids],
-        seconds=timer.seconds,
         info={
             "threat_model": threat_model,
             "fallback": None,
             "block0": span0.describe(),
-            "block1": span1.describe() if span1 is not None else "not read (the model's last block)",
+            "block1": span1.describe() if span1 is not None else "not read (B = 1, or the model's last block)",
             "positions": len(cands),
             "candidates_per_position": [len(c) for c in cands],
             "sentences_found": sum(map(bool, seqs)),
