@@ -32,6 +32,14 @@ REPO_ROOT = PACKAGE_DIR.parent
 M = TypeVar("M", bound=BaseModel)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def cache_dir() -> Path:
     """Where cached results live: `$SELENC_CACHE_DIR` or `<repo>/.selenc-cache`."""
     return Path(os.environ.get("SELENC_CACHE_DIR", REPO_ROOT / ".selenc-cache"))
@@ -129,9 +137,7 @@ class Store:
         """Store `entry` atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entry.model_dump(), sort_keys=True), encoding="utf-8")  # inf/nan kept (PSNR)
-        tmp.replace(path)
+        write_atomic(path, json.dumps(entry.model_dump(), sort_keys=True))  # inf/nan kept (PSNR)
 
     def get_or_compute(self, key: str, schema: type[M], compute: Callable[[], M]) -> M:
         """The cached entry, or `compute()` stored under `key`."""

@@ -273,7 +273,21 @@ class Attacks(Section):
     lamp: LAMPAttack
 
 
+class SweepSlice(Section):
+    """A further cross product of an architecture's grid: a key left out takes the main grid's value."""
+
+    metrics: unique_list(Metric) | None = None
+    ratios: unique_list(Ratio) | None = None
+    attacks: unique_list(Attack) | None = None
+    threat_models: unique_list(ThreatModel) | None = None
+    mask_sources: unique_list(MaskSource) | None = None
+    ties: unique_list(Ties) | None = None
+    trials: PosInt | None = None
+
+
 class SweepArch(Section):
+    """The main cross product of an architecture's grid, and `slices`: further cross products run beside it."""
+
     metrics: unique_list(Metric)
     ratios: unique_list(Ratio)
     attacks: unique_list(Attack)
@@ -281,6 +295,13 @@ class SweepArch(Section):
     mask_sources: unique_list(MaskSource)
     ties: unique_list(Ties)
     trials: PosInt
+    slices: list[SweepSlice] = []
+
+    def products(self) -> list[SweepSlice]:
+        """The main cross product and every slice, each with all keys filled in."""
+        main = SweepSlice(**self.model_dump(exclude={"slices"}))
+        fill = main.model_dump()
+        return [main] + [SweepSlice(**(fill | s.model_dump(exclude_none=True))) for s in self.slices]
 
 
 class Sweep(Section):
@@ -307,14 +328,14 @@ class TheoryCase(Section):
     metrics: unique_list(Metric)
     ratios: unique_list(Ratio)
     trials: PosInt
-    effective_rank: bool  # T5 on this case (needs the full input Jacobian spectrum: small models only)
+    effective_rank: bool  # T5 on this case (J's exact spectrum: d JVPs and a d x d eigenproblem; small inputs only)
 
 
 class Theory(Section):
     grid: Annotated[int, Field(ge=2)]
     power_iters: PosInt
     tolerance: Annotated[float, Field(ge=0.0)]
-    svd_rank: PosInt
+    null_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]  # T5: near-null singular values, relative to J's largest
     samples: PosInt
     cases: Annotated[list[TheoryCase], Field(min_length=1)]
 
@@ -326,11 +347,11 @@ class PrivacyLevel(Section):
     ssim_max: Annotated[float, _reachable(-1.0, "SSIM is never below -1")]
     rouge1_max: Ratio
     token_f1_max: Ratio
+    min_protected: Annotated[float, Field(gt=0.0, le=1.0)]  # a ratio protects when its share's Wilson low end >= this
 
 
 class Guidelines(Section):
     levels: Annotated[dict[str, PrivacyLevel], Field(min_length=1)]
-    success_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     threat_model: ThreatModel
     mask_source: MaskSource
     ties: Ties
@@ -370,8 +391,9 @@ def _check_modalities(p: Params, source: str) -> None:
         dataset = getattr(p.models, arch).dataset
         if DATASET_MODALITY[dataset] != modality:  # guarded by the Literal types too; kept for new datasets
             raise ConfigError(f"{source}: models.{arch}.dataset: {dataset!r} is not {_a(modality)} dataset")
-        grid: SweepArch = getattr(p.sweep, arch)
-        _check_grid(f"{source}: sweep.{arch}", arch, grid.attacks, grid.metrics)
+        for i, grid in enumerate(getattr(p.sweep, arch).products()):
+            where = f"{source}: sweep.{arch}" + (f".slices.{i - 1}" if i else "")
+            _check_grid(where, arch, grid.attacks, grid.metrics)
     for i, case in enumerate(p.theory.cases):
         _check_grid(f"{source}: theory.cases.{i}", case.arch, [case.attack], case.metrics)
 
@@ -403,7 +425,11 @@ def _check_limits(p: Params, source: str) -> None:
             f"SEAL allows at most {SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): "
             "use fewer or smaller primes or a larger poly_modulus_degree"
         )
-    grids = [(f"sweep.{arch}", arch, getattr(p.sweep, arch).trials) for arch in ARCH_MODALITY]
+    grids = [
+        (f"sweep.{arch}" + (f".slices.{i - 1}" if i else ""), arch, grid.trials)
+        for arch in ARCH_MODALITY
+        for i, grid in enumerate(getattr(p.sweep, arch).products())
+    ]
     grids += [(f"theory.cases.{i}", case.arch, case.trials) for i, case in enumerate(p.theory.cases)]
     batch = p.update.batch_size
     for where, arch, trials in grids:

@@ -1,4 +1,5 @@
-"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × sample.
+"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × sample,
+as a main cross product plus optional slices (further cross products, e.g. zero-fill on a few metrics).
 
 A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
 results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric, the mask source or the ties, and at
@@ -44,14 +45,14 @@ class Trial:
 
 
 def expand(params: Params, arch: str) -> list[Trial]:
-    """All trials of `arch`'s grid, in a fixed order."""
-    g = getattr(params.sweep, arch)
-    return [
-        Trial(arch, attack, threat, metric, float(ratio), source, ties, t)
+    """All trials of `arch`'s grid in a fixed order: the main cross product, then each slice's trials not in it."""
+    out: dict[Trial, None] = {}
+    for g in getattr(params.sweep, arch).products():
         for attack, threat, metric, ratio, source, ties, t in itertools.product(
             g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, range(g.trials)
-        )
-    ]
+        ):
+            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, t))
+    return list(out)
 
 
 def distinct(trials: list[Trial]) -> list[Trial]:

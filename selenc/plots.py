@@ -186,10 +186,36 @@ def phi_vs_success(cells: dict[str, pd.DataFrame], label: str = "attack success"
     return fig
 
 
-def effective_rank_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
-    """T5: effective rank of the visible Jacobian J_V vs encryption ratio, one line per metric."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.lineplot(data=ranks, x="ratio", y="effective_rank", hue="metric", marker="o", ax=ax)
-    ax.set(xlabel="encryption ratio ρ", ylabel="effective rank of J_V", title="T5: what the visible gradient pins down")
+def null_dim_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
+    """T5: the near-null dimension of J_V and its effective rank vs encryption ratio, one line per metric."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    sns.lineplot(data=ranks, x="ratio", y="near_null_dim", hue="metric", marker="o", ax=axes[0])
+    axes[0].set(xlabel="encryption ratio ρ", ylabel="near-null dimension of J_V", title="T5: directions J_V cannot see")
+    sns.lineplot(data=ranks, x="ratio", y="effective_rank", hue="metric", marker="o", ax=axes[1], legend=False)
+    axes[1].set(xlabel="encryption ratio ρ", ylabel="effective rank of J_V", title="entropy effective rank")
+    fig.tight_layout()
+    return fig
+
+
+# --- cell statistics and guidelines (stats.summary rows) ------------------------------------------------------------
+def protected_share(summary: pd.DataFrame, level: str, attack: str) -> plt.Figure:
+    """Per architecture: the protected share of `attack`'s trials at `level` vs ratio, one line per metric, with its
+    Wilson interval as error bars (mask-aware attacker, own mask, index ties)."""
+    rows = summary[
+        (summary.attack == attack)
+        & (summary.threat_model == "mask_aware")
+        & (summary.mask_source == "own")
+        & (summary.ties == "index")
+    ]
+    archs = sorted(rows.arch.unique())
+    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.2 * max(len(archs), 1), 3.4), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=False):
+        for metric, line in rows[rows.arch == arch].sort_values("ratio").groupby("metric"):
+            share = line[f"protected_{level}"]
+            err = np.vstack([share - line[f"{level}_low"], line[f"{level}_high"] - share]).clip(min=0)
+            ax.errorbar(line.ratio, share, yerr=err, marker="o", ms=3, capsize=2, lw=1, label=metric)
+        ax.set(xlabel="encryption ratio ρ", ylabel=f"protected share ({level})", title=arch, ylim=(-0.05, 1.05))
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{attack}: protected share with its 95% Wilson interval")
     fig.tight_layout()
     return fig

@@ -55,6 +55,7 @@ class Outcome(BaseModel):
     b1_violated: bool | None = None
     k: int | None = None  # encrypted coordinates
     n: int | None = None  # all coordinates
+    support: int | None = None  # non-zero coordinates of the update (a mask with k >= support can hide them all)
     attack_s: float | None = None
     trial_s: float | None = None
     reconstruction: str | None = None

@@ -65,6 +65,13 @@ def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
     return out
 
 
+def work(params: Params, part: list[Trial]) -> int:
+    """A task's size for scheduling, longest first: its trials × the attack's optimisation steps × restarts (1 for an
+    analytic attack). Only the order in which tasks start depends on it, never a result."""
+    cfg = getattr(params.attacks, part[0].attack, None)
+    return len(part) * (cfg.steps * cfg.restarts if cfg is not None else 1)
+
+
 def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = None) -> dict:
     """Everything a trial's outcome depends on (the cache key hashes it), `batch` being the trials attacked with it."""
     attack_cfg = getattr(params.attacks, trial.attack, None)
@@ -133,6 +140,7 @@ def run_sweep(
         if (found := store.get(keys[t], Outcome)) is not None:
             outcomes[keys[t]] = found
     todo = [part for part in parts if any(keys[t] not in outcomes for t in part)]
+    todo.sort(key=lambda part: work(params, part), reverse=True)  # longest first: no long task left to run alone
     if todo:
         executor = EXECUTORS[params.sweep.executor](params)
         with tqdm(
@@ -175,10 +183,7 @@ def write_outputs(table: pd.DataFrame, arch: str, reports: Path) -> None:
         results.plot_data(table, arch).to_csv(index=False),
     ]
     for path, text in zip(output_paths(arch, reports), contents, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        cache.write_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

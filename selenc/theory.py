@@ -7,7 +7,8 @@
 - `spectral_norm` / `lipschitz`: ‖J_S(x_t)‖₂ by power iteration on J_Sᵀ J_S with one JVP and one VJP per
   iteration (J = ∂g/∂x is never materialised), and L_S = its maximum over a t-grid on the segment x → x̂.
 - `bound`: (B1) ‖x̂ − x‖ ≥ ‖g_S(x̂) − g_S(x)‖ / L_S for one attack output, with its tightness bound / error (T2).
-- `effective_rank`: exp(entropy) of the normalised singular values of J_V from a randomized SVD (T5).
+- `Spectrum`, `near_null_dim`, `effective_rank`: the exact singular values of J_V, the dimension of its near-null
+  space (the input directions the visible gradient cannot see, T5) and the entropy effective rank beside it.
 - `row_norms`: ‖J_i‖² for every coordinate, exact (forward-mode Jacobian, small models) or by m JVPs (T3).
 
 The theory stage (its small attacks, the T1-T5 tables and theory.json) is `theory_check`.
@@ -246,30 +247,36 @@ def spearman(a, b) -> float:
 
 
 # --- T5: effective rank of J_V -----------------------------------------------------------------------------------
-class Sketch:
-    """A randomized range sketch Y = J Ω of the full Jacobian at the batch's input, computed once and reused for every
-    mask: J_V's sketch is Y's visible rows, so each mask costs only the `rank` VJPs of the projection step."""
+class Spectrum:
+    """The singular values of J_V for any visible set V, exactly. J (n × d) is built once from d JVPs, one per input
+    coordinate; σ(J_V)² are the eigenvalues of J_Vᵀ J_V = JᵀJ − J_Sᵀ J_S in float64, formed from whichever of V and S
+    (the encrypted rows) is smaller. Small inputs only (LeNet: d = 3,072)."""
 
-    def __init__(self, victim: Victim, batch: Batch, cfg: Update, rank: int, seed: int):
+    def __init__(self, victim: Victim, batch: Batch, cfg: Update):
         x = continuous_input(victim, batch).detach()
-        self.f = functional_update(victim, batch, cfg)
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        omega = torch.randn(rank, *x.shape, generator=gen, dtype=x.dtype, device=x.device)
-        jvp = torch.func.vmap(lambda w: torch.func.jvp(self.f, (x,), (w,))[1])
-        self.y = torch.cat([jvp(chunk).detach() for chunk in omega.split(CHUNK)]).T  # (n, rank)
-        _, vjp_fn = torch.func.vjp(self.f, x)
-        self.vjp = torch.func.vmap(lambda v: vjp_fn(v)[0].reshape(-1))
+        f = functional_update(victim, batch, cfg)
+        basis = torch.eye(x.numel(), dtype=x.dtype, device=x.device).reshape(-1, *x.shape)
+        jvp = torch.func.vmap(lambda w: torch.func.jvp(f, (x,), (w,))[1])
+        self.j = torch.cat([jvp(chunk).detach() for chunk in basis.split(CHUNK)]).T.double()  # (n, d)
+        self.gram = self.j.T @ self.j
+        self.dim = x.numel()
 
     def singular_values(self, visible: torch.Tensor) -> torch.Tensor:
-        """The top singular values of J_V (V: bool, length n) from the sketch: Q = orth(Y_V), σ(Qᵀ J_V)."""
-        visible = visible.to(self.y.device)
-        if not bool(visible.any()):
-            return torch.zeros(0)
-        q, _ = torch.linalg.qr(self.y[visible])  # (|V|, rank)
-        full = torch.zeros(visible.numel(), q.shape[1], dtype=q.dtype, device=q.device)
-        full[visible] = q
-        b = torch.cat([self.vjp(chunk).detach() for chunk in full.T.split(CHUNK)])  # (rank, d) = Qᵀ J_V
-        return torch.linalg.svdvals(b)
+        """σ(J_V), largest first, d of them (V: bool, length n)."""
+        visible = visible.to(self.j.device)
+        if int(visible.sum()) <= visible.numel() // 2:
+            rows = self.j[visible]
+            gram = rows.T @ rows
+        else:
+            rows = self.j[~visible]
+            gram = self.gram - rows.T @ rows
+        return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
+
+
+def near_null_dim(singular_values: torch.Tensor, dim: int, reference: float, tolerance: float) -> int:
+    """How many of the d input directions J_V (nearly) cannot see: d minus the singular values above
+    `tolerance` × `reference` (the unencrypted Jacobian's largest), so that every mask is measured on one scale."""
+    return dim - int((singular_values > tolerance * reference).sum())
 
 
 def effective_rank(singular_values: torch.Tensor) -> float:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 
-from selenc import cache, data, theory
+from selenc import cache, data, stats, theory
 from selenc.config import ConfigError, Params, SweepArch, TheoryCase, derive_seed, load_params
 from selenc.gradients import client_update, continuous_input
 from selenc.models import Batch, Victim, build_victim, target_batch
@@ -60,6 +61,24 @@ def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
     """T4 per attack: Spearman correlation between a cell's φ(S) and its attack success (expected negative)."""
     cells = phi_cells(table, success)
     return {attack: theory.spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
+
+
+def phi_given_ratio(table: pd.DataFrame, success: str) -> dict[str, dict]:
+    """T4 beyond the ratio, per attack, over the mask-aware own-mask trials with 0 < ρ < 1: the partial Spearman
+    correlation of φ(S) and success given ρ (with n and a Fisher-z interval), and the Spearman correlation within
+    each ratio (with n and p; omitted where φ or success is constant)."""
+    ok = finite(main_trials(table), success)
+    ok = ok[(ok.ratio > 0) & (ok.ratio < 1)]
+    out = {}
+    for attack, group in ok.groupby("attack"):
+        r, n, low, high = stats.partial_spearman(group.phi, group[success], group.ratio)
+        per_ratio = {}
+        for ratio, at in group.groupby("ratio"):
+            if len(at) >= 3 and at.phi.nunique() > 1 and at[success].nunique() > 1:
+                res = spearmanr(at.phi, at[success])
+                per_ratio[f"r{ratio:g}"] = {"spearman": float(res.statistic), "n": len(at), "p": float(res.pvalue)}
+        out[attack] = {"partial_spearman": r, "n": n, "ci": [low, high], "per_ratio": per_ratio}
+    return out
 
 
 # --- the theory stage: T1-T5 on the cases of params.theory --------------------------------------------------------
@@ -142,20 +161,24 @@ def _informative_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return theory.spearman(a[keep].cpu(), b[keep].cpu())
 
 
-def rank_table(view: ClientView, masks: dict, rank: int) -> pd.DataFrame:
-    """T5: effective rank of J_V for every (metric, ratio) mask, from one randomized sketch of J."""
-    sketch = theory.Sketch(view.victim, view.batch, view.update_cfg, rank, view.seed)
-    d = continuous_input(view.victim, view.batch).numel()
-    rows = [
-        {
-            "metric": m,
-            "ratio": r,
-            "effective_rank": theory.effective_rank(sketch.singular_values(~mask)),
-            "sketch": rank,
-            "input_dim": d,
-        }
-        for (m, r), mask in masks.items()
-    ]
+def rank_table(view: ClientView, masks: dict, tolerance: float) -> pd.DataFrame:
+    """T5 for every (metric, ratio) mask: the dimension of J_V's near-null space (singular values at most `tolerance`
+    × the unencrypted J's largest) and the entropy effective rank beside it, from J's exact spectrum."""
+    spectrum = theory.Spectrum(view.victim, view.batch, view.update_cfg)
+    reference = float(spectrum.singular_values(torch.ones(spectrum.j.shape[0], dtype=torch.bool))[0])
+    rows = []
+    for (m, r), mask in masks.items():
+        sv = spectrum.singular_values(~mask)
+        rows.append(
+            {
+                "metric": m,
+                "ratio": r,
+                "near_null_dim": theory.near_null_dim(sv, spectrum.dim, reference, tolerance),
+                "effective_rank": theory.effective_rank(sv),
+                "tolerance": tolerance,
+                "input_dim": spectrum.dim,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -174,18 +197,19 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
         seed = derive_seed(params.study.seed, "theory", case.arch)
         view = ClientView(victim, batch, client_update(victim, batch, cp.update), cp.update, cp.significance, seed)
         masks = case_masks(view, case)
-        print(f"theory {label}: T1 identity, T3 fields" + (", T5 effective rank" if case.effective_rank else ""))
+        print(f"theory {label}: T1 identity, T3 fields" + (", T5 near-null space" if case.effective_rank else ""))
         identity.append(identity_table(view, masks, th.samples).assign(case=label))
         frame, corr = field_table(view, th.samples, exact=case.effective_rank)
         fields.append(frame.assign(case=label))
         if case.effective_rank:
-            ranks.append(rank_table(view, masks, th.svd_rank).assign(case=label))
+            ranks.append(rank_table(view, masks, th.null_tolerance).assign(case=label))
         col, _ = success_column(case.arch)
         per_case[label] = {
             "t2": bound_summary(table, th.tolerance),
             "t3_far_spearman": corr["far"],
             "t3_near_spearman": corr["near"],
             "t4_spearman": phi_spearman(table, col)[case.attack],
+            "t4": phi_given_ratio(table, col).get(case.attack, {"partial_spearman": None, "per_ratio": {}}),
         }
     trials, identity_df = pd.concat(tables, ignore_index=True), pd.concat(identity, ignore_index=True)
     trials.to_csv(out_dir / "trials.csv", index=False)
@@ -202,13 +226,18 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
         "t3_far_spearman": float(np.nanmean([c["t3_far_spearman"] for c in per_case.values()])),
         "t3_near_spearman": float(np.nanmean([c["t3_near_spearman"] for c in per_case.values()])),
         "t4_spearman": float(np.nanmean([c["t4_spearman"] for c in per_case.values()])),
+        "t4_partial_spearman": {label: c["t4"]["partial_spearman"] for label, c in per_case.items()},
+        "t4_per_ratio": {label: c["t4"]["per_ratio"] for label, c in per_case.items()},
         "cases": per_case,
     }
     if len(rank_df):
-        metrics["t5_effective_rank"] = {
-            f"{case}|{metric}": {f"r{r:g}": round(v, 2) for r, v in zip(g.ratio, g.effective_rank, strict=True)}
-            for (case, metric), g in rank_df.groupby(["case", "metric"])
-        }
+        for column in ("near_null_dim", "effective_rank"):
+            metrics[f"t5_{column}"] = {
+                f"{case}|{metric}": {f"r{r:g}": round(float(v), 2) for r, v in zip(g.ratio, g[column], strict=True)}
+                for (case, metric), g in rank_df.groupby(["case", "metric"])
+            }
+        metrics["t5_input_dim"] = int(rank_df.input_dim.iloc[0])
+        metrics["t5_tolerance"] = th.null_tolerance
     return metrics
 
 

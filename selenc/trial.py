@@ -40,6 +40,7 @@ class Prepared:
     batch: Batch
     mask: torch.Tensor
     phi: float
+    support: int  # non-zero coordinates of the update
     observed: ObservedUpdate
     seconds: float  # time spent on the client's side so far
 
@@ -69,7 +70,8 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
     s = significance(ClientView(victim, batch, update, params.update, params.significance, seed))
     observed = observe(victim, update, mask, len(batch), params.update, metric, trial.mask_source, trial.ties)
-    return Prepared(trial, seed, batch, mask, phi(s, mask), observed, time.perf_counter() - start)
+    support = int(update.ne(0).sum())
+    return Prepared(trial, seed, batch, mask, phi(s, mask), support, observed, time.perf_counter() - start)
 
 
 def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Victim) -> Outcome:
@@ -83,6 +85,7 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         "phi": prepared.phi,
         "k": int(mask.sum()),
         "n": int(mask.numel()),
+        "support": prepared.support,
         "attack_s": result.seconds,
     }
     if victim.modality == "image":

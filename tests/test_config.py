@@ -139,6 +139,17 @@ BAD = [
     ("sweep.dask_workers", -1, ["sweep.dask_workers:", "greater than or equal to 0", "-1"]),
     ("sweep.batch_trials", -1, ["sweep.batch_trials:", "greater than or equal to 0", "got -1"]),
     (
+        "sweep.lenet.slices",
+        [{"metrics": ["random"]}, {"attacks": ["tag"]}],
+        ["sweep.lenet.slices.1.attacks: 'tag' is a text attack and lenet is an image model", "allowed: dlg"],
+    ),
+    ("sweep.cnn.slices", [{"metrics": ["embedding_rows"]}], ["sweep.cnn.slices.0.metrics: 'embedding_rows' needs"]),
+    ("sweep.lenet.slices", [{"trials": 0}], ["sweep.lenet.slices.0.trials:", "greater than 0"]),
+    ("sweep.lenet.slices", [{"trials": 21}], ["sweep.lenet.slices.0.trials: 21 trials x update.batch_size 1"]),
+    ("sweep.lenet.slices", [{"attack": ["dlg"]}], ["sweep.lenet.slices.0.attack: unknown key 'attack'", "metrics"]),
+    ("guidelines.levels.strict.min_protected", 0.0, ["guidelines.levels.strict.min_protected:", "greater than 0"]),
+    ("guidelines.levels.moderate.min_protected", 1.5, ["guidelines.levels.moderate.min_protected:", "less than or"]),
+    (
         "guidelines.levels.strict.psnr_max",
         -0.5,
         [
@@ -268,7 +279,7 @@ def test_duplicate_yaml_keys_name_their_line_and_section(tmp_path):
     lines = (REPO / "params.yaml").read_text().splitlines()
     cases = [  # (insert after the first line starting with this; None: at the end, the line, the message)
         ("  seed: 0 ", "  seed: 1", "duplicate key 'seed' in study"),
-        ("    trials: 2", "    trials: 5", "duplicate key 'trials' in sweep.lenet"),  # the first trials: sweep.lenet
+        ("    trials: 5", "    trials: 6", "duplicate key 'trials' in sweep.lenet"),  # the first trials: sweep.lenet
         ("      steps: 300", "      steps: 10", "duplicate key 'steps' in theory.cases.0"),
         (None, "study: {}", "duplicate key 'study' at the top level"),
     ]

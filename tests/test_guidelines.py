@@ -1,68 +1,63 @@
-"""Guidelines: protected trials, the smallest protecting ratio, and the recommended strategy (known small tables)."""
+"""Guidelines from the cell summary: the Wilson rule, every larger ratio, the strongest attacker, the CLI."""
+
+import json
 
 import pandas as pd
 
-from selenc.guidelines import RECORD_KEYS, guidelines, min_protecting_ratio, protected, strategy_table
+from selenc import stats
+from selenc.guidelines import RECORD_KEYS, guidelines, main, min_protecting_ratio, strategy_table
+from tests.test_stats import rows
 
 
-def rows(arch, attack, metric, psnr_by_ratio, trials=2, ssim=0.1):
-    return [
-        {
-            "arch": arch,
-            "attack": attack,
-            "metric": metric,
-            "ratio": r,
-            "trial": t,
-            "status": "ok",
-            "threat_model": "mask_aware",
-            "mask_source": "own",
-            "ties": "index",
-            "psnr": p,
-            "ssim": ssim,
-            "rouge1": None,
-            "token_f1": None,
-            "he_encrypt_s": r * 10,
-            "he_bytes": int(r * 1000) + 5,
-        }
-        for r, p in psnr_by_ratio.items()
-        for t in range(trials)
-    ]
+def summary(params, *groups):
+    return stats.summary(pd.DataFrame([r for g in groups for r in g]), params.guidelines.levels)
 
 
-def test_protection_needs_every_bound(params):
+def test_min_ratio_needs_the_interval_and_every_larger_ratio(params):
     strict = params.guidelines.levels["strict"]
-    table = pd.DataFrame(
-        rows("lenet", "dlg", "magnitude", {0.1: 10.0}) + rows("lenet", "dlg", "random", {0.1: 10.0}, ssim=0.9)
-    )
-    assert protected(table, strict).tolist() == [True, True, False, False]
-    table.loc[0, "status"] = "timeout"
-    assert not protected(table, strict)[0]
+    lucky = summary(params, rows("dlg", "random", {0.0: 35.0, 0.05: 11.0, 0.1: 25.0, 0.5: 9.0, 1.0: 8.0}))
+    assert min_protecting_ratio(lucky[lucky.attack == "dlg"], "strict", strict) == 0.5  # 0.05 passes, 0.1 not
+    few = summary(params, rows("dlg", "random", {0.0: 35.0, 0.5: 9.0, 1.0: 8.0}, trials=3))  # 3 of 3: low end 0.44
+    assert min_protecting_ratio(few[few.attack == "dlg"], "strict", strict) is None
+    four_of_five = summary(params, rows("dlg", "random", {0.5: [9.0, 9, 9, 9, 30], 1.0: 8.0}))
+    assert min_protecting_ratio(four_of_five[four_of_five.attack == "dlg"], "strict", strict) == 1.0
 
 
-def test_min_ratio_requires_every_larger_ratio(params):
-    strict = params.guidelines.levels["strict"]
-    lucky = pd.DataFrame(rows("lenet", "dlg", "random", {0.0: 35.0, 0.05: 11.0, 0.1: 25.0, 0.5: 9.0, 1.0: 8.0}))
-    assert min_protecting_ratio(lucky, strict, 0.9) == 0.5  # 0.05 passes by luck but 0.1 fails again
-    never = pd.DataFrame(rows("lenet", "dlg", "random", {0.0: 35.0, 1.0: 20.0}))
-    assert min_protecting_ratio(never, strict, 0.9) is None
-
-
-def test_recommendation_protects_against_every_attack(params):
-    table = pd.DataFrame(
-        rows("lenet", "dlg", "magnitude", {0.0: 35, 0.1: 10, 0.5: 9, 1.0: 8})
-        + rows("lenet", "idlg", "magnitude", {0.0: 35, 0.1: 15, 0.5: 9, 1.0: 8})
-        + rows("lenet", "dlg", "random", {0.0: 35, 0.1: 30, 0.5: 11, 1.0: 8})
-        + rows("lenet", "idlg", "random", {0.0: 35, 0.1: 30, 0.5: 10, 1.0: 8})
+def test_recommendation_reads_the_strongest_attacker(params):
+    table = summary(
+        params,
+        rows("dlg", "magnitude", {0.0: 35, 0.1: 10, 0.5: 9, 1.0: 8}),
+        rows("linear", "magnitude", {0.0: 35, 0.1: 15, 0.5: 9, 1.0: 8}),
+        rows("dlg", "random", {0.0: 35, 0.1: 30, 0.5: 11, 1.0: 8}),
+        rows("linear", "random", {0.0: 35, 0.1: 30, 0.5: 10, 1.0: 8}),
     )
     records = guidelines(table, params.guidelines)
     assert all(set(r) == set(RECORD_KEYS) for r in records)
     strict = {(r["attack"], r["metric"]): r for r in records if r["privacy_level"] == "strict"}
-    assert strict[("dlg", "magnitude")]["min_ratio"] == 0.1 and strict[("idlg", "magnitude")]["min_ratio"] == 0.5
-    assert strict[("dlg", "magnitude")]["he_encrypt_s"] == 1.0 and strict[("dlg", "magnitude")]["he_bytes"] == 105
-    # magnitude needs 0.5 (for idlg), random needs 0.5 too: the tie goes to the cheaper cost, then the name
-    assert {r["metric"] for r in records if r["recommended"] and r["privacy_level"] == "strict"} == {"magnitude"}
-    plan = strategy_table(records)
-    row = plan[plan.privacy_level == "strict"].iloc[0]
-    assert (row.metric, row.ratio, row.binding_attack) == ("magnitude", 0.5, "idlg")
+    assert strict[("dlg", "magnitude")]["min_ratio"] == 0.1 and strict[("linear", "magnitude")]["min_ratio"] == 0.5
+    best = strict[(stats.STRONGEST, "magnitude")]
+    assert best["min_ratio"] == 0.5 and best["n"] == 5 and best["protected_share"] == 1.0
+    assert best["protected_share_ci"][0] > 0.5 and best["he_encrypt_s"] == 5.0 and best["he_bytes"] == 505
+    # magnitude and random both need 0.5 against the strongest attacker: equal cost, so the name decides
+    recommended = [r for r in records if r["recommended"] and r["privacy_level"] == "strict"]
+    assert [(r["attack"], r["metric"]) for r in recommended] == [(stats.STRONGEST, "magnitude")]
+    plan = strategy_table(records, params.guidelines).set_index("privacy_level")
+    assert (plan.loc["strict", "metric"], plan.loc["strict", "ratio"]) == ("magnitude", 0.5)
     moderate = {(r["attack"], r["metric"]): r["min_ratio"] for r in records if r["privacy_level"] == "moderate"}
-    assert moderate[("idlg", "magnitude")] == 0.1 and moderate[("dlg", "random")] == 0.5
+    assert moderate[("linear", "magnitude")] == 0.1 and moderate[("dlg", "random")] == 0.5
+
+
+def test_no_protecting_ratio_is_said_and_the_cli_writes_its_files(params, tmp_path):
+    table = summary(params, rows("dlg", "magnitude", {0.0: 35, 0.5: 30, 1.0: 8}, trials=2))
+    plan = strategy_table(guidelines(table, params.guidelines), params.guidelines)
+    assert (plan.metric == "none").all() and plan.ratio.isna().all()
+    (tmp_path / "results").mkdir()
+    full = summary(params, rows("dlg", "magnitude", {0.0: 35, 0.5: 9, 1.0: 8}))
+    full.to_csv(tmp_path / "results" / "summary.csv", index=False)
+    assert main(["--reports", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "guidelines.json").read_text())
+    assert {r["min_ratio"] for r in records if r["attack"] == stats.STRONGEST} == {0.5}
+    assert "magnitude" in (tmp_path / "guidelines.md").read_text()
+    assert (tmp_path / "figures" / "guidelines.png").stat().st_size > 1000
+    (tmp_path / "results" / "summary.csv").unlink()
+    assert main(["--reports", str(tmp_path)]) == 2 and not (tmp_path / "guidelines.json").exists()

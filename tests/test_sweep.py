@@ -52,6 +52,27 @@ def test_grid_expansion_and_shared_ratio_endpoints(tiny):
     assert len(keys) == 6  # at ρ = 0 the mask is empty whatever the metric: those trials are run once
 
 
+def test_slices_add_their_own_trials_once_after_the_main_grid(raw):
+    grid = TINY["sweep.lenet"]
+    slices = [
+        {"attacks": ["idlg"], "metrics": ["magnitude"], "ratios": [0.5], "trials": 1},
+        {"metrics": ["random"], "trials": 1},  # inside the main grid: adds nothing
+        {"threat_models": ["zero_fill"], "ratios": [0.5]},  # the main grid's metrics and trials
+    ]
+    params = with_changes(raw, **(TINY | {"sweep.lenet": grid | {"slices": slices}}))
+    trials = expand(params, "lenet")
+    main = expand(with_changes(raw, **TINY), "lenet")
+    assert trials[: len(main)] == main and len(set(trials)) == len(trials)
+    extra = trials[len(main) :]
+    assert [(t.attack, t.threat_model, t.metric, t.trial) for t in extra] == [
+        ("idlg", "mask_aware", "magnitude", 0),
+        ("dlg", "zero_fill", "random", 0),
+        ("dlg", "zero_fill", "random", 1),
+        ("dlg", "zero_fill", "magnitude", 0),
+        ("dlg", "zero_fill", "magnitude", 1),
+    ]
+
+
 def test_batches_are_fixed_by_the_grid_and_adding_a_metric_keeps_the_others(tiny):
     grid = TINY["sweep.lenet"]
     bigger = with_changes(tiny.model_dump(), **{"sweep.lenet": grid | {"metrics": [*grid["metrics"], "distance"]}})

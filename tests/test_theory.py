@@ -114,16 +114,23 @@ def test_phi_is_maximised_by_the_top_k_of_s(small):
     assert theory.phi(s, torch.ones_like(s, dtype=torch.bool)) == pytest.approx(1.0)
 
 
-def test_effective_rank_known_values_and_exact_sketch(small):
+def test_effective_rank_and_near_null_dimension_match_an_exact_svd(small):
     assert theory.effective_rank(torch.ones(7)) == pytest.approx(7.0)
     assert theory.effective_rank(torch.tensor([5.0, 0.0, 0.0])) == pytest.approx(1.0)
     assert theory.effective_rank(torch.zeros(3)) == 0.0
     params, victim, batch, _, x, g, jac = small
-    sketch = theory.Sketch(victim, batch, params.update, rank=x.numel(), seed=0)  # rank >= d: exact
-    for ratio in (0.0, 0.5):
+    spectrum = theory.Spectrum(victim, batch, params.update)
+    top = float(torch.linalg.svdvals(jac.double())[0])
+    dims = []
+    for ratio in (0.0, 0.3, 0.9):  # V the larger and the smaller half
         visible = ~top_k_mask(g.abs(), ratio)
-        exact = theory.effective_rank(torch.linalg.svdvals(jac[visible]))
-        assert theory.effective_rank(sketch.singular_values(visible)) == pytest.approx(exact, rel=1e-3)
+        exact = torch.linalg.svdvals(jac[visible].double())
+        sv = spectrum.singular_values(visible)
+        assert sv.shape == (x.numel(),) and torch.allclose(sv[: len(exact)], exact, rtol=1e-4, atol=1e-6 * top)
+        assert theory.effective_rank(sv) == pytest.approx(theory.effective_rank(exact), rel=1e-3)
+        dims.append(theory.near_null_dim(sv, x.numel(), top, 1e-3))
+        assert dims[-1] == x.numel() - int((exact > 1e-3 * top).sum())
+    assert dims[0] <= dims[1] <= dims[2] and dims[2] > dims[0]  # hiding rows can only hide directions
 
 
 def test_text_point_is_zero_for_the_true_tokens_and_none_for_another_length(params, victims):

@@ -1,0 +1,151 @@
+"""The comparison stage: every sweep's trials into per-cell statistics, paired comparisons and the stage metrics.
+
+    python -m selenc.compare     # reads reports/results/<arch>.csv; writes reports/results/{summary,paired}.csv and
+                                 # reports/metrics/attacks.json
+
+- summary.csv: one row per cell, the strongest attacker's included (`stats.summary`).
+- paired.csv: every pair of metrics at equal ratio on the same samples (`stats.paired_metrics`).
+- attacks.json, per architecture: how much better the mask-aware attacker does than the zero-fill one (and how many
+  cells zero-fill calls protected that the mask-aware attacker breaks), the shared-mask and decoy gaps, all over
+  0 < ρ < 1 with their intervals; the support threshold (the share of the update that is non-zero: a ratio at or above
+  it can hide every non-zero coordinate); label accuracy with nothing encrypted; T4 per attack beyond the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from selenc import cache, stats, theory_check
+from selenc.config import ARCH_MODALITY, ConfigError, PrivacyLevel, load_params
+from selenc.results import success_column
+
+GAPS = {  # name: (column, better, worse): success under `better` minus under `worse`, same samples
+    "zero_fill_gap": ("threat_model", "mask_aware", "zero_fill"),
+    "shared_mask_gap": ("mask_source", "shared", "own"),
+    "decoy_gap": ("ties", "decoys", "index"),
+}
+
+
+def read_tables(reports: Path, archs: list[str]) -> pd.DataFrame:
+    """The sweeps' results tables, one below the other."""
+    missing = [a for a in archs if not (reports / "results" / f"{a}.csv").is_file()]
+    if missing:
+        raise ConfigError(f"no results table for {', '.join(missing)}: run `python -m selenc.sweep --arch <arch>`")
+    return pd.concat([pd.read_csv(reports / "results" / f"{a}.csv") for a in archs], ignore_index=True)
+
+
+def overstated(table: pd.DataFrame, level: str, levels: dict[str, PrivacyLevel]) -> pd.DataFrame:
+    """Per architecture: cells (0 < ρ < 1) where the zero-fill attacker's protected share is at least one half and the
+    mask-aware attacker's is below, out of the cells run under both."""
+    rows = stats.trials(table, levels)
+    rows = rows[(rows.ratio > 0) & (rows.ratio < 1) & (rows.attack != stats.STRONGEST)]
+    keys = [c for c in stats.CELL if c != "threat_model"]
+    share = rows.pivot_table(index=keys, columns="threat_model", values=f"protected_{level}", aggfunc="mean")
+    if "zero_fill" not in share or "mask_aware" not in share:
+        return pd.DataFrame(columns=["arch", "cells", "overstated"])
+    both = share.dropna(subset=["zero_fill", "mask_aware"])
+    flag = (both.zero_fill >= 0.5) & (both.mask_aware < 0.5)
+    return flag.groupby(level="arch").agg(["size", "sum"]).rename(columns={"size": "cells", "sum": "overstated"})
+
+
+def support_threshold(table: pd.DataFrame) -> dict[str, dict]:
+    """Per architecture: the share of the update's coordinates that are non-zero (median and range over samples)."""
+    if "support" not in table:  # tables written before the column existed
+        return {}
+    ok = table[(table.status == "ok") & table.support.notna()]
+    out = {}
+    for arch, group in ok.groupby("arch"):
+        share = (group.support / group.n).drop_duplicates()
+        out[arch] = {"median": float(share.median()), "min": float(share.min()), "max": float(share.max())}
+    return out
+
+
+def comparison_metrics(table: pd.DataFrame, level: str, levels: dict[str, PrivacyLevel], seed: int) -> dict:
+    """The stage's metrics JSON (see the module docstring)."""
+    out: dict = {arch: {} for arch in sorted(table.arch.unique())}
+    for name, (column, better, worse) in GAPS.items():
+        gaps = stats.paired_gap(table, column, better, worse, seed).set_index("arch")
+        for arch in out:
+            out[arch][name] = (
+                {k: _round(v) for k, v in gaps.loc[arch].items()}
+                | {"n": int(gaps.loc[arch, "n"]), "p": float(f"{gaps.loc[arch, 'p']:.3g}")}
+                if arch in gaps.index
+                else None
+            )
+    flags = overstated(table, level, levels)
+    support = support_threshold(table)
+    ok = table[table.status == "ok"]
+    for arch in out:
+        out[arch]["zero_fill_overstated_cells"] = (
+            {"overstated": int(flags.loc[arch, "overstated"]), "cells": int(flags.loc[arch, "cells"])}
+            if arch in flags.index
+            else None
+        )
+        out[arch]["support_threshold"] = support.get(arch)
+        unprotected = ok[(ok.arch == arch) & (ok.ratio == 0)]
+        out[arch]["label_acc_unprotected"] = _round(unprotected.label_acc.mean()) if len(unprotected) else None
+        col, _ = success_column(arch)
+        rows = table[table.arch == arch]
+        out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in theory_check.phi_spearman(rows, col).items()}
+        out[arch]["t4"] = {
+            attack: {k: (_round(v) if isinstance(v, float) else v) for k, v in t4.items()}
+            for attack, t4 in theory_check.phi_given_ratio(rows, col).items()
+        }
+    return out
+
+
+def _round(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
+
+def outputs(reports: Path) -> list[Path]:
+    """What the stage writes (removed first, so a failed run leaves none of it behind)."""
+    return [
+        reports / "results" / "summary.csv",
+        reports / "results" / "paired.csv",
+        reports / "metrics" / "attacks.json",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m selenc.compare", description="Cell statistics and comparisons.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--reports", type=Path, default=cache.REPO_ROOT / "reports")
+    parser.add_argument("--archs", nargs="+", default=list(ARCH_MODALITY), choices=list(ARCH_MODALITY))
+    parser.add_argument("--level", default=None, help="privacy level of the overstated-cell count (default: first)")
+    args = parser.parse_args(argv)
+    for stale in outputs(args.reports):
+        stale.unlink(missing_ok=True)
+    try:
+        params = load_params(args.params)
+        levels = params.guidelines.levels
+        level = args.level or next(iter(levels))
+        if level not in levels:
+            raise ConfigError(f"--level {level!r}: not a level of guidelines.levels; allowed: {', '.join(levels)}")
+        table = read_tables(args.reports, args.archs)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if (table.status != "ok").any():
+        print("error: the results tables hold trials that did not finish; rerun their sweeps", file=sys.stderr)
+        return 1
+    seed = params.study.seed
+    files = {
+        outputs(args.reports)[0]: stats.summary(table, levels, seed).to_csv(index=False),
+        outputs(args.reports)[1]: stats.paired_metrics(table, levels).to_csv(index=False),
+        outputs(args.reports)[2]: json.dumps(comparison_metrics(table, level, levels, seed), indent=2) + "\n",
+    }
+    for path, text in files.items():
+        cache.write_atomic(path, text)
+    print(f"{len(table)} trials -> " + ", ".join(str(p) for p in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
