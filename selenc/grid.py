@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass
 from selenc.config import Params
 
 
+def effective_metric(metric: str, ratio: float) -> str:
+    """The metric a mask at `ratio` depends on: none at ρ = 0 (nothing encrypted), all at ρ = 1 (everything)."""
+    return {0.0: "none", 1.0: "all"}.get(ratio, metric)
+
+
 @dataclass(frozen=True)
 class Trial:
     """One grid point of one architecture's sweep."""
@@ -32,7 +37,7 @@ class Trial:
     @property
     def effective_metric(self) -> str:
         """At ρ = 0 and ρ = 1 the mask does not depend on the metric: `none` / `all`."""
-        return {0.0: "none", 1.0: "all"}.get(self.ratio, self.metric)
+        return effective_metric(self.metric, self.ratio)
 
     def identity(self) -> dict:
         """The grid point minus what cannot change its result: trials with equal identities are one computation."""

@@ -23,6 +23,7 @@ import pandas as pd
 
 from selenc import cache
 from selenc.config import ConfigError, Guidelines, PrivacyLevel, load_params
+from selenc.grid import effective_metric
 from selenc.plots import heatmap
 from selenc.stats import CONFIDENCE, STRONGEST
 
@@ -92,44 +93,33 @@ def guidelines(summary: pd.DataFrame, cfg: Guidelines) -> list[dict]:
     ]
 
 
-def strategy_table(records: list[dict], cfg: Guidelines) -> pd.DataFrame:
+PLAN_KEYS = (
+    "arch",
+    "privacy_level",
+    "metric",
+    "ratio",
+    "n",
+    "protected_share",
+    "protected_share_ci",
+    "he_encrypt_s",
+    "he_bytes",
+)
+
+
+def strategy_table(records: list[dict]) -> pd.DataFrame:
     """Per (arch, level): the recommended metric and ratio against the strongest attacker, its protected share with
-    the interval and n, and its cost; `none` where no metric's ratio protects."""
+    the interval and n, and its cost; metric `none` where no ratio protects, `all` where only ρ = 1 does (there every
+    metric encrypts everything, `grid.effective_metric`)."""
     frame = pd.DataFrame(records, columns=list(RECORD_KEYS))
     out = []
     for (arch, level), group in frame[frame.attack == STRONGEST].groupby(["arch", "privacy_level"], sort=True):
         rec = group[group.recommended]
-        row = rec.iloc[0] if len(rec) else None
-        out.append(
-            {
-                "arch": arch,
-                "privacy_level": level,
-                # at ρ = 1 every metric encrypts everything: no metric is recommended over another
-                "metric": "none"
-                if row is None
-                else ("any (everything encrypted)" if row.min_ratio == 1 else row.metric),
-                "ratio": row.min_ratio if row is not None else None,
-                "n": int(row.n) if row is not None else None,
-                "protected_share": row.protected_share if row is not None else None,
-                "protected_share_ci": row.protected_share_ci if row is not None else None,
-                "he_encrypt_s": row.he_encrypt_s if row is not None else None,
-                "he_bytes": row.he_bytes if row is not None else None,
-            }
-        )
-    return pd.DataFrame(
-        out,
-        columns=[
-            "arch",
-            "privacy_level",
-            "metric",
-            "ratio",
-            "n",
-            "protected_share",
-            "protected_share_ci",
-            "he_encrypt_s",
-            "he_bytes",
-        ],
-    )
+        if not len(rec):
+            out.append(dict.fromkeys(PLAN_KEYS) | {"arch": arch, "privacy_level": level, "metric": "none"})
+            continue
+        row = {("ratio" if k == "min_ratio" else k): v for k, v in records[rec.index[0]].items()}
+        out.append({k: row[k] for k in PLAN_KEYS} | {"metric": effective_metric(row["metric"], row["ratio"])})
+    return pd.DataFrame(out, columns=list(PLAN_KEYS), dtype=object)
 
 
 def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, reports: Path) -> None:
@@ -149,7 +139,8 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, r
         "",
         f"Privacy levels: {levels}. Every larger ratio must protect too. Read against the {cfg.threat_model} "
         f"attacker with the {cfg.mask_source} mask and {cfg.ties} ties. `{STRONGEST}` is every attack run on the same "
-        "sample at once: a sample is protected only when all of them failed.",
+        "sample at once: a sample is protected only when all of them failed. Metric `all`: only ρ = 1 protects, where "
+        "every metric encrypts everything.",
         "",
         "## Recommended strategy per architecture and level (against the strongest attacker)",
         "",
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {source} has no {', '.join(missing)}: rerun `python -m selenc.compare`", file=sys.stderr)
         return 2
     records = guidelines(summary, cfg)
-    plan = strategy_table(records, cfg)
+    plan = strategy_table(records)
     write_guidelines(records, plan, cfg, args.reports)
     print(plan.to_string(index=False))
     return 0

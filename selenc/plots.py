@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from selenc.results import decode_images, finite, success_column
+from selenc.results import decode_images, finite, main_trials, success_column
 
 
 def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
@@ -201,12 +201,7 @@ def null_dim_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
 def protected_share(summary: pd.DataFrame, level: str, attack: str) -> plt.Figure:
     """Per architecture: the protected share of `attack`'s trials at `level` vs ratio, one line per metric, with its
     Wilson interval as error bars (mask-aware attacker, own mask, index ties)."""
-    rows = summary[
-        (summary.attack == attack)
-        & (summary.threat_model == "mask_aware")
-        & (summary.mask_source == "own")
-        & (summary.ties == "index")
-    ]
+    rows = main_trials(summary[summary.attack == attack])
     archs = sorted(rows.arch.unique())
     fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.2 * max(len(archs), 1), 3.4), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=False):

@@ -97,6 +97,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
 
 # --- reading the table ---------------------------------------------------------------------------------------------
 SUCCESS = {"image": ("psnr", "PSNR (dB)"), "text": ("rouge1", "ROUGE-1")}
+PSNR_CAP = 100.0  # dB for exact copies (PSNR inf), so that means, medians and plots stay finite
 
 
 def success_column(arch: str) -> tuple[str, str]:
@@ -107,7 +108,7 @@ def success_column(arch: str) -> tuple[str, str]:
 def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Finished trials, with PSNR of exact copies (inf) capped at 100 dB so means and plots stay finite."""
     ok = table[table.status == "ok"].copy()
-    ok[column] = ok[column].astype(float).clip(upper=100.0)
+    ok[column] = ok[column].astype(float).clip(upper=PSNR_CAP)
     return ok
 
 

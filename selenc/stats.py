@@ -20,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from selenc.config import ARCH_MODALITY, PrivacyLevel
-from selenc.results import SUCCESS
+from selenc.results import PSNR_CAP, SUCCESS
 
 CELL = ["arch", "attack", "threat_model", "metric", "ratio", "mask_source", "ties"]
 STRONGEST = "strongest"  # the attack name of the strongest-attacker rows
@@ -32,7 +32,7 @@ RESAMPLES = 2000
 def success(rows: pd.DataFrame) -> pd.Series:
     """Attack success per row on its modality's scale: PSNR (capped at 100 dB: exact copies are inf) or ROUGE-1."""
     image = rows.arch.map(ARCH_MODALITY) == "image"
-    psnr = rows.psnr.astype(float).clip(upper=100.0)
+    psnr = rows.psnr.astype(float).clip(upper=PSNR_CAP)
     return pd.Series(np.where(image, psnr, rows[SUCCESS["text"][0]].astype(float)), index=rows.index)
 
 

@@ -41,7 +41,7 @@ def test_recommendation_reads_the_strongest_attacker(params):
     # magnitude and random both need 0.5 against the strongest attacker: equal cost, so the name decides
     recommended = [r for r in records if r["recommended"] and r["privacy_level"] == "strict"]
     assert [(r["attack"], r["metric"]) for r in recommended] == [(stats.STRONGEST, "magnitude")]
-    plan = strategy_table(records, params.guidelines).set_index("privacy_level")
+    plan = strategy_table(records).set_index("privacy_level")
     assert (plan.loc["strict", "metric"], plan.loc["strict", "ratio"]) == ("magnitude", 0.5)
     moderate = {(r["attack"], r["metric"]): r["min_ratio"] for r in records if r["privacy_level"] == "moderate"}
     assert moderate[("linear", "magnitude")] == 0.1 and moderate[("dlg", "random")] == 0.5
@@ -49,7 +49,7 @@ def test_recommendation_reads_the_strongest_attacker(params):
 
 def test_no_protecting_ratio_is_said_and_the_cli_writes_its_files(params, tmp_path):
     table = summary(params, rows("dlg", "magnitude", {0.0: 35, 0.5: 30, 1.0: 8}, trials=2))
-    plan = strategy_table(guidelines(table, params.guidelines), params.guidelines)
+    plan = strategy_table(guidelines(table, params.guidelines))
     assert (plan.metric == "none").all() and plan.ratio.isna().all()
     (tmp_path / "results").mkdir()
     full = summary(params, rows("dlg", "magnitude", {0.0: 35, 0.5: 9, 1.0: 8}))
