@@ -23,12 +23,13 @@ import pandas as pd
 
 from selenc import cache, stats, theory_check
 from selenc.config import ARCH_MODALITY, ConfigError, PrivacyLevel, load_params
-from selenc.results import success_column
+from selenc.results import main_trials, success_column
 
 GAPS = {  # name: (column, better, worse): success under `better` minus under `worse`, same samples
     "zero_fill_gap": ("threat_model", "mask_aware", "zero_fill"),
     "shared_mask_gap": ("mask_source", "shared", "own"),
     "decoy_gap": ("ties", "decoys", "index"),
+    "trained_gap": ("victim", "trained", "untrained"),
 }
 
 
@@ -55,10 +56,11 @@ def overstated(table: pd.DataFrame, level: str, levels: dict[str, PrivacyLevel])
 
 
 def support_threshold(table: pd.DataFrame) -> dict[str, dict]:
-    """Per architecture: the share of the update's coordinates that are non-zero (median and range over samples)."""
+    """Per architecture: the share of the untrained victim's update coordinates that are non-zero (median and range
+    over samples)."""
     if "support" not in table:  # tables written before the column existed
         return {}
-    ok = table[(table.status == "ok") & table.support.notna()]
+    ok = table[(table.status == "ok") & table.support.notna() & (table.victim == "untrained")]
     out = {}
     for arch, group in ok.groupby("arch"):
         share = (group.support / group.n).drop_duplicates()
@@ -88,7 +90,7 @@ def comparison_metrics(table: pd.DataFrame, level: str, levels: dict[str, Privac
             else None
         )
         out[arch]["support_threshold"] = support.get(arch)
-        unprotected = ok[(ok.arch == arch) & (ok.ratio == 0)]
+        unprotected = main_trials(ok[(ok.arch == arch) & (ok.ratio == 0)])
         out[arch]["label_acc_unprotected"] = _round(unprotected.label_acc.mean()) if len(unprotected) else None
         col, _ = success_column(arch)
         rows = table[table.arch == arch]

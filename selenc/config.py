@@ -49,6 +49,7 @@ ATTACK_MODALITY: dict[str, str] = {
 THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
 MASK_SOURCES: tuple[str, ...] = ("own", "shared")
 TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
+VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
 MAX_BATCH = 8
 # SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
 SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -62,6 +63,7 @@ Attack = Literal[tuple(ATTACK_MODALITY)]
 ThreatModel = Literal[THREAT_MODELS]
 MaskSource = Literal[MASK_SOURCES]
 Ties = Literal[TIES]
+VictimState = Literal[VICTIMS]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0.0)]
@@ -282,6 +284,7 @@ class SweepSlice(Section):
     threat_models: unique_list(ThreatModel) | None = None
     mask_sources: unique_list(MaskSource) | None = None
     ties: unique_list(Ties) | None = None
+    victims: unique_list(VictimState) | None = None
     trials: PosInt | None = None
 
 
@@ -294,6 +297,7 @@ class SweepArch(Section):
     threat_models: unique_list(ThreatModel)
     mask_sources: unique_list(MaskSource)
     ties: unique_list(Ties)
+    victims: unique_list(VictimState)
     trials: PosInt
     slices: list[SweepSlice] = []
 
@@ -355,6 +359,7 @@ class Guidelines(Section):
     threat_model: ThreatModel
     mask_source: MaskSource
     ties: Ties
+    victim: VictimState
 
 
 class Params(Section):
@@ -394,6 +399,11 @@ def _check_modalities(p: Params, source: str) -> None:
         for i, grid in enumerate(getattr(p.sweep, arch).products()):
             where = f"{source}: sweep.{arch}" + (f".slices.{i - 1}" if i else "")
             _check_grid(where, arch, grid.attacks, grid.metrics)
+            if "trained" in grid.victims and not getattr(p.models, arch).pretrain.epochs:
+                raise ConfigError(
+                    f"{where}.victims: 'trained' needs a pretraining, but models.{arch}.pretrain.epochs is 0; "
+                    f"allowed: untrained, or trained with models.{arch}.pretrain.epochs > 0"
+                )
     for i, case in enumerate(p.theory.cases):
         _check_grid(f"{source}: theory.cases.{i}", case.arch, [case.attack], case.metrics)
 

@@ -1,5 +1,5 @@
-"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × sample,
-as a main cross product plus optional slices (further cross products, e.g. zero-fill on a few metrics).
+"""The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × victim ×
+sample, as a main cross product plus optional slices (further cross products, e.g. zero-fill on a few metrics).
 
 A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
 results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric, the mask source or the ties, and at
@@ -32,6 +32,7 @@ class Trial:
     ratio: float
     mask_source: str
     ties: str  # index: equal scores go to the lower flat index | decoys: to client-seeded random ones (`selection`)
+    victim: str  # untrained: the seeded init | trained: after `models.<arch>.pretrain` (`models.build_victim`)
     trial: int  # which real sample(s): the trial-th client batch of the target pool
 
     @property
@@ -53,10 +54,10 @@ def expand(params: Params, arch: str) -> list[Trial]:
     """All trials of `arch`'s grid in a fixed order: the main cross product, then each slice's trials not in it."""
     out: dict[Trial, None] = {}
     for g in getattr(params.sweep, arch).products():
-        for attack, threat, metric, ratio, source, ties, t in itertools.product(
-            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, range(g.trials)
+        for attack, threat, metric, ratio, source, ties, victim, t in itertools.product(
+            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, g.victims, range(g.trials)
         ):
-            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, t))
+            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, victim, t))
     return list(out)
 
 

@@ -55,12 +55,13 @@ def min_protecting_ratio(cells: pd.DataFrame, name: str, level: PrivacyLevel) ->
 
 def guidelines(summary: pd.DataFrame, cfg: Guidelines) -> list[dict]:
     """Records (RECORD_KEYS) per (arch, attack, metric, level) of the summary rows the guidelines read
-    (`cfg.threat_model`, `cfg.mask_source`, `cfg.ties`); n and the share are the protecting ratio's, or the largest
-    ratio's when none protects."""
+    (`cfg.threat_model`, `cfg.mask_source`, `cfg.ties`, `cfg.victim`); n and the share are the protecting ratio's, or
+    the largest ratio's when none protects."""
     rows = summary[
         (summary.threat_model == cfg.threat_model)
         & (summary.mask_source == cfg.mask_source)
         & (summary.ties == cfg.ties)
+        & (summary.victim == cfg.victim)
     ]
     records = []
     for (arch, attack, metric), cells in rows.groupby(["arch", "attack", "metric"], sort=True):
@@ -138,9 +139,9 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, r
         "# Selective encryption guidelines",
         "",
         f"Privacy levels: {levels}. Every larger ratio must protect too. Read against the {cfg.threat_model} "
-        f"attacker with the {cfg.mask_source} mask and {cfg.ties} ties. `{STRONGEST}` is every attack run on the same "
-        "sample at once: a sample is protected only when all of them failed. Metric `all`: only ρ = 1 protects, where "
-        "every metric encrypts everything.",
+        f"attacker with the {cfg.mask_source} mask and {cfg.ties} ties, on the {cfg.victim} victim. `{STRONGEST}` is "
+        "every attack run on the same sample at once: a sample is protected only when all of them failed. Metric "
+        "`all`: only ρ = 1 protects, where every metric encrypts everything.",
         "",
         "## Recommended strategy per architecture and level (against the strongest attacker)",
         "",

@@ -317,8 +317,9 @@ def _gpt2(cfg, num_classes: int):
     return GPT2ForSequenceClassification(config), tok
 
 
-def build_victim(arch: str, params: Params, device: torch.device | None = None) -> Victim:
-    """Build `arch` from params with a seed derived from `study.seed`, pretrained if params ask for it."""
+def build_victim(arch: str, params: Params, device: torch.device | None = None, trained: bool = False) -> Victim:
+    """Build `arch` from params with a seed derived from `study.seed`; `trained`: then trained as
+    `models.<arch>.pretrain` says (the grid's `trained` victim), on the real pretraining pool."""
     if arch not in ARCH_MODALITY:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCH_MODALITY)}")
     cfg = getattr(params.models, arch)
@@ -344,7 +345,9 @@ def build_victim(arch: str, params: Params, device: torch.device | None = None) 
     else:
         shape = (cfg.max_length,)
     victim = Victim(arch, model, device, num_classes, shape, tokenizer)
-    if cfg.pretrain.epochs:
+    if trained:
+        if not cfg.pretrain.epochs:
+            raise ValueError(f"a trained {arch} needs models.{arch}.pretrain.epochs > 0")
         victim.pretrain_losses = pretrain(victim, cfg.pretrain, derive_seed(params.study.seed, "pretrain", arch))
     return victim
 

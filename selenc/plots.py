@@ -15,9 +15,11 @@ from selenc.results import decode_images, finite, main_trials, success_column
 
 
 def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
-    """Attack success vs encryption ratio, one line per metric with 95% bootstrap CIs, per attack × threat model."""
+    """Attack success vs encryption ratio, one line per metric with 95% bootstrap CIs, per attack × threat model (own
+    mask, index ties, untrained victim: the other mask sources, ties and victims have their own comparisons)."""
     col, label = success_column(arch)
     data = finite(table, col)
+    data = data[(data.mask_source == "own") & (data.ties == "index") & (data.victim == "untrained")]
     grid = sns.relplot(
         data=data,
         x="ratio",
@@ -36,6 +38,37 @@ def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
     )
     grid.set_axis_labels("encryption ratio ρ", label)
     grid.figure.suptitle(f"{arch}: attack success vs encryption ratio (lower = better protected)", y=1.02)
+    return grid.figure
+
+
+def victims_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure | None:
+    """Attack success vs ratio on the untrained (solid) and the trained (dashed) victim, per attack, over the metrics
+    and ratios run on both (mask-aware attacker, own mask, index ties); None when no trial ran on a trained victim."""
+    col, label = success_column(arch)
+    data = finite(table, col)
+    data = data[(data.threat_model == "mask_aware") & (data.mask_source == "own") & (data.ties == "index")]
+    trained = data[data.victim == "trained"]
+    if not len(trained):
+        return None
+    data = data[data.metric.isin(trained.metric.unique()) & data.ratio.isin(trained.ratio.unique())]
+    grid = sns.relplot(
+        data=data,
+        x="ratio",
+        y=col,
+        hue="metric",
+        style="victim",
+        style_order=["untrained", "trained"],
+        col="attack",
+        kind="line",
+        marker="o",
+        errorbar=("ci", 95),
+        n_boot=1000,
+        seed=0,
+        height=3.2,
+        aspect=1.2,
+    )
+    grid.set_axis_labels("encryption ratio ρ", label)
+    grid.figure.suptitle(f"{arch}: untrained vs trained victim, same samples (lower = better protected)", y=1.02)
     return grid.figure
 
 
@@ -61,6 +94,7 @@ def reconstruction_grid(table: pd.DataFrame, originals: np.ndarray, attack: str,
         & (table.threat_model == table.threat_model.iloc[0])
         & (table.mask_source == "own")
         & (table.ties == "index")
+        & (table.victim == "untrained")
     ]
     metrics, ratios = sorted(rows.metric.unique()), sorted(rows.ratio.unique())
     fig, axes = plt.subplots(
@@ -99,6 +133,7 @@ def sentence_table(table: pd.DataFrame, truth: list[str], attack: str, trial: in
         & (table.status == "ok")
         & (table.mask_source == "own")
         & (table.ties == "index")
+        & (table.victim == "untrained")
     ]
     rows = rows[rows.threat_model == rows.threat_model.iloc[0]] if len(rows) else rows
     out = rows[["metric", "ratio", "rouge1", "reconstruction"]].sort_values(["metric", "ratio"])
@@ -200,7 +235,7 @@ def null_dim_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
 # --- cell statistics and guidelines (stats.summary rows) ------------------------------------------------------------
 def protected_share(summary: pd.DataFrame, level: str, attack: str) -> plt.Figure:
     """Per architecture: the protected share of `attack`'s trials at `level` vs ratio, one line per metric, with its
-    Wilson interval as error bars (mask-aware attacker, own mask, index ties)."""
+    Wilson interval as error bars (mask-aware attacker, own mask, index ties, untrained victim)."""
     rows = main_trials(summary[summary.attack == attack])
     archs = sorted(rows.arch.unique())
     fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.2 * max(len(archs), 1), 3.4), squeeze=False)

@@ -113,8 +113,10 @@ def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def main_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """The realistic attacker against the victim's own mask: mask-aware threat model, own mask source, index ties."""
-    return table[(table.threat_model == "mask_aware") & (table.mask_source == "own") & (table.ties == "index")]
+    """The realistic attacker against the untrained victim's own mask: mask-aware threat model, own mask source, index
+    ties (the other grid axes are compared against these trials on the same samples)."""
+    main = (table.threat_model == "mask_aware") & (table.mask_source == "own") & (table.ties == "index")
+    return table[main & (table.victim == "untrained")]
 
 
 def plot_data(table: pd.DataFrame, arch: str) -> pd.DataFrame:

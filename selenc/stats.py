@@ -1,17 +1,19 @@
 """From trials to findings: per-cell medians with bootstrap intervals, protected shares with Wilson intervals, the
 strongest attacker per sample, and paired tests on the same samples.
 
-A *cell* is one (arch, attack, threat_model, metric, ratio, mask_source, ties) of the results tables; its trials are
-its samples (`trial` = the same real client batch whatever the attack, metric or ratio), which is what makes the
-comparisons paired. The *strongest* attacker of a sample is every attack run on it at once: its success is the best
-attack's and the sample is protected only when every attack failed (`strongest`). Success is on one scale per
-modality (`results.SUCCESS`: PSNR capped at 100 dB, or ROUGE-1).
+A *cell* is one (arch, attack, threat_model, metric, ratio, mask_source, ties, victim) of the results tables; its
+trials are its samples (`trial` = the same real client batch whatever the attack, metric or ratio), which is what
+makes the comparisons paired. The *strongest* attacker of a sample is every attack run on it at once: its success is
+the best attack's and the sample is protected only when every attack failed (`strongest`). Success is on one scale
+per modality (`results.SUCCESS`: PSNR capped at 100 dB, or ROUGE-1).
 
 Intervals: the median's is a percentile bootstrap (`scipy.stats.bootstrap`, seeded), the protected share's is
 Wilson's (`statsmodels`); paired tests are Wilcoxon signed-rank with Holm's correction over the family tested.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -20,9 +22,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from selenc.config import ARCH_MODALITY, PrivacyLevel
+from selenc.grid import Trial
 from selenc.results import PSNR_CAP, SUCCESS
 
-CELL = ["arch", "attack", "threat_model", "metric", "ratio", "mask_source", "ties"]
+CELL = [f.name for f in dataclasses.fields(Trial) if f.name != "trial"]  # a grid point minus its sample
 STRONGEST = "strongest"  # the attack name of the strongest-attacker rows
 COST = ["he_encrypt_s", "he_bytes"]  # the measured HE cost of the cell's ratio
 CONFIDENCE = 0.95

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from selenc import cache, cost, data, results
 from selenc.attacks import VECTORISED
-from selenc.config import ARCH_MODALITY, ConfigError, Params, load_params
+from selenc.config import ARCH_MODALITY, ConfigError, LBFGSAttack, Params, load_params
 from selenc.executors import EXECUTORS
 from selenc.grid import Trial, distinct, expand
 from selenc.models import resolve_device
@@ -45,31 +45,37 @@ from selenc.results import Cost, Outcome
 MAX_BATCH = {"cpu": 32, "cuda": 1024}
 
 
+UNUSED_BY = {"untrained": {"pretrain"}, "trained": None}  # model params a victim does not read (not in its cache key)
+
+
 class SweepFailed(RuntimeError):
     """Some trials of a sweep did not finish; the message summarises why."""
 
 
 # --- cache keys: what a result depends on ------------------------------------------------------------------------
 def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
-    """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) grouped per (attack, metric), each
-    group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); attacks that do not vectorise get
-    one task per trial."""
+    """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) grouped per (attack, metric,
+    victim), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); attacks that do not
+    vectorise get one task per trial."""
     size = params.sweep.batch_trials or MAX_BATCH[resolve_device(params.study.device).type]
-    groups: dict[tuple[str, str], list[Trial]] = {}
+    groups: dict[tuple[str, str, str], list[Trial]] = {}
     for t in trials:
-        groups.setdefault((t.attack, t.identity()["metric"]), []).append(t)
+        groups.setdefault((t.attack, t.identity()["metric"], t.victim), []).append(t)
     out = []
-    for (attack, _), group in groups.items():
+    for (attack, _, _), group in groups.items():
         step = size if attack in VECTORISED else 1
         out += [group[i : i + step] for i in range(0, len(group), step)]
     return out
 
 
-def work(params: Params, part: list[Trial]) -> int:
-    """A task's size for scheduling, longest first: its trials × the attack's optimisation steps × restarts (1 for an
-    analytic attack). Only the order in which tasks start depends on it, never a result."""
+def work(params: Params, part: list[Trial]) -> tuple[bool, int]:
+    """A task's size for scheduling, longest first: L-BFGS tasks before the others (an iteration's line search may
+    evaluate the objective many times: DLG on a ReLU network is the slowest task of its sweep), then its trials × the
+    attack's optimisation steps × restarts (1 for an analytic attack). Only the order in which tasks start depends on
+    it, never a result."""
     cfg = getattr(params.attacks, part[0].attack, None)
-    return len(part) * (cfg.steps * cfg.restarts if cfg is not None else 1)
+    lbfgs = isinstance(cfg, LBFGSAttack) or getattr(cfg, "optimiser", None) == "lbfgs"
+    return lbfgs, len(part) * (cfg.steps * cfg.restarts if cfg is not None else 1)
 
 
 def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = None) -> dict:
@@ -83,7 +89,7 @@ def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = 
         "batch": mates,
         "seed": params.study.seed,
         "device": params.study.device,
-        "model": getattr(params.models, trial.arch).model_dump(),
+        "model": getattr(params.models, trial.arch).model_dump(exclude=UNUSED_BY[trial.victim]),
         "update": params.update.model_dump(),
         "significance": params.significance.model_dump(),
         "attack": attack_cfg.model_dump() if attack_cfg is not None else None,

@@ -92,6 +92,7 @@ def case_params(params: Params, case: TheoryCase) -> Params:
         threat_models=["mask_aware"],
         mask_sources=["own"],
         ties=["index"],
+        victims=["untrained"],
         trials=case.trials,
     )
     attacks = params.attacks

@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import time
 import traceback
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,23 @@ from selenc.results import Outcome, encode_images
 from selenc.selection import decoy_key, make_mask
 from selenc.significance import ClientView, client_scores
 from selenc.theory import bound, phi, significance, text_point
+
+# A sample's distance significance depends on the model, the sample and the settings, never on the metric, ratio or
+# attack of the trial: each process keeps the last MEMO_SAMPLES per model (a sweep meets every sample in many tasks).
+MEMO_SAMPLES = 5
+_significance_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sample_significance(view: ClientView, dataset: str) -> torch.Tensor:
+    """`theory.significance(view)`, computed once per (model, sample, settings) in this process."""
+    memo = _significance_memo.setdefault(view.victim.model, OrderedDict())
+    key = (dataset, view.seed, view.update_cfg.model_dump_json(), view.cfg.model_dump_json())
+    if key not in memo:
+        memo[key] = significance(view)
+        if len(memo) > MEMO_SAMPLES:
+            memo.popitem(last=False)
+    memo.move_to_end(key)
+    return memo[key]
 
 
 @dataclass
@@ -68,7 +87,7 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
             key = decoy_key(update.numel(), rows, derive_seed(seed, "decoys"))
         mask = make_mask(per_client, trial.ratio, trial.mask_source, key)
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
-    s = significance(ClientView(victim, batch, update, params.update, params.significance, seed))
+    s = sample_significance(ClientView(victim, batch, update, params.update, params.significance, seed), cfg.dataset)
     observed = observe(victim, update, mask, len(batch), params.update, metric, trial.mask_source, trial.ties)
     support = int(update.ne(0).sum())
     return Prepared(trial, seed, batch, mask, phi(s, mask), support, observed, time.perf_counter() - start)

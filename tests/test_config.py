@@ -147,6 +147,15 @@ BAD = [
     ("sweep.lenet.slices", [{"trials": 0}], ["sweep.lenet.slices.0.trials:", "greater than 0"]),
     ("sweep.lenet.slices", [{"trials": 21}], ["sweep.lenet.slices.0.trials: 21 trials x update.batch_size 1"]),
     ("sweep.lenet.slices", [{"attack": ["dlg"]}], ["sweep.lenet.slices.0.attack: unknown key 'attack'", "metrics"]),
+    ("sweep.lenet.victims", ["old"], ["sweep.lenet.victims.0: Input should be 'untrained' or 'trained'"]),
+    (
+        "models.cnn.pretrain.epochs",
+        0,
+        [
+            "sweep.cnn.slices.2.victims: 'trained' needs a pretraining, but models.cnn.pretrain.epochs is 0",
+            "allowed: untrained, or trained with models.cnn.pretrain.epochs > 0",
+        ],
+    ),
     ("guidelines.levels.strict.min_protected", 0.0, ["guidelines.levels.strict.min_protected:", "greater than 0"]),
     ("guidelines.levels.moderate.min_protected", 1.5, ["guidelines.levels.moderate.min_protected:", "less than or"]),
     (

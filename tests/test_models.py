@@ -123,17 +123,19 @@ def test_text_batches_are_padded_and_truncated(victims, params):
 
 def test_pretraining_on_real_data_lowers_the_loss(raw):
     cfg = {"epochs": 3, "samples": 200, "batch_size": 20, "lr": 0.01}
-    victim = build_victim("cnn", with_changes(raw, **{"models.cnn.pretrain": cfg}))
+    params = with_changes(raw, **{"models.cnn.pretrain": cfg})
+    assert build_victim("cnn", params).pretrain_losses == []  # the untrained victim ignores the pretraining
+    victim = build_victim("cnn", params, trained=True)
     losses = victim.pretrain_losses
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
-    again = build_victim("cnn", with_changes(raw, **{"models.cnn.pretrain": cfg}))
+    again = build_victim("cnn", params, trained=True)
     assert again.pretrain_losses == losses  # seeded shuffling: same params, same training
 
 
 def test_text_pretraining_runs_on_the_pool(raw):
     cfg = {"epochs": 1, "samples": 32, "batch_size": 16, "lr": 0.001}
-    victim = build_victim("gpt2", with_changes(raw, **{"models.gpt2.pretrain": cfg}))
+    victim = build_victim("gpt2", with_changes(raw, **{"models.gpt2.pretrain": cfg}), trained=True)
     assert len(victim.pretrain_losses) == 2 and all(map(lambda v: v == v, victim.pretrain_losses))
     assert not victim.model.training
 

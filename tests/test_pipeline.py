@@ -28,6 +28,7 @@ def tiny_params(raw: dict) -> dict:
             "threat_models": ["mask_aware", "zero_fill"],
             "mask_sources": ["own"],
             "ties": list(ties),
+            "victims": ["untrained"],
             "trials": 1,
         }
 
@@ -37,13 +38,15 @@ def tiny_params(raw: dict) -> dict:
             "time_limit_s": 300,
             "lenet": grid(["random", "magnitude"], ["dlg"], [0.0, 0.5, 1.0])
             | {"slices": [{"attacks": ["idlg"], "metrics": ["magnitude"], "threat_models": ["mask_aware"]}]},
-            "cnn": grid(["magnitude"], ["ig", "linear"], [0.0, 0.5]),
+            "cnn": grid(["magnitude"], ["ig", "linear"], [0.0, 0.5])
+            | {"slices": [{"victims": ["trained"], "attacks": ["ig"], "threat_models": ["mask_aware"]}]},
             "bert": grid(["magnitude"], ["token_leakage", "tag"], [0.0, 0.01]),
             "gpt2": grid(["embedding_rows"], ["token_leakage", "dager", "lamp"], [0.0, 0.01], ("index", "decoys")),
         }
     )
     raw["sweep"].update(bound_grid=2, bound_iters=1)
     raw["significance"]["samples"] = 1
+    raw["models"]["cnn"]["pretrain"].update(epochs=1, samples=64)
     for attack in ("dlg", "idlg", "ig", "linear", "tag", "lamp"):
         raw["attacks"][attack].update(steps=3, restarts=1)
     raw["theory"].update(grid=2, power_iters=1, samples=2)
@@ -97,7 +100,10 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     keys = {"zero_fill_gap", "zero_fill_overstated_cells", "shared_mask_gap", "decoy_gap", "support_threshold", "t4"}
     assert all(keys <= set(a) for a in attacks.values())
     assert attacks["lenet"]["zero_fill_gap"]["n"] > 0 and attacks["gpt2"]["decoy_gap"]["n"] > 0
+    assert attacks["cnn"]["trained_gap"]["n"] == 1 and attacks["lenet"]["trained_gap"] is None
     summary = pd.read_csv(reports / "results" / "summary.csv")
+    trained = summary[summary.victim == "trained"]
+    assert set(trained.arch) == {"cnn"} and {"ig", STRONGEST} == set(trained.attack)
     assert {"idlg", "dlg", STRONGEST} <= set(summary[summary.arch == "lenet"].attack)
     assert (summary.ci_low <= summary["median"]).all() and (summary["median"] <= summary.ci_high).all()
     assert (reports / "results" / "paired.csv").is_file()

@@ -181,3 +181,29 @@ def test_embedding_rows_come_first(victims, small):
     assert chosen.min() >= span.start and chosen.max() < span.stop
     rows = ((chosen - span.start) // width).unique()
     assert set(rows.tolist()) == set(tokens.tolist())
+
+
+def test_a_samples_significance_is_computed_once_per_model_sample_and_settings(victims, params):
+    """`trial.prepare` reuses a sample's distance significance across metrics, ratios and attacks, and recomputes it
+    for another sample, other settings or another model."""
+    from selenc.grid import Trial
+    from selenc.trial import _significance_memo, prepare
+
+    victim = victims["lenet"]
+    _significance_memo.pop(victim.model, None)
+
+    def trial(metric, ratio, t):
+        return Trial("lenet", "dlg", "mask_aware", metric, ratio, "own", "index", "untrained", t)
+
+    a = prepare(trial("magnitude", 0.3, 0), params, victim)
+    b = prepare(trial("random", 0.6, 0), params, victim)
+    memo = _significance_memo[victim.model]
+    assert len(memo) == 1
+    s = next(iter(memo.values()))
+    assert a.phi == pytest.approx(float(s[a.mask].sum() / s.sum())) and b.phi != a.phi
+    prepare(trial("magnitude", 0.3, 1), params, victim)
+    more = with_changes(params.model_dump(), **{"significance.samples": 2})
+    prepare(trial("magnitude", 0.3, 0), more, victim)
+    assert len(memo) == 3
+    again = prepare(trial("magnitude", 0.3, 0), more, victim)
+    assert len(memo) == 3 and again.phi == prepare(trial("magnitude", 0.3, 0), more, victim).phi

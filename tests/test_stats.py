@@ -21,6 +21,7 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "ratio": r,
                     "mask_source": "own",
                     "ties": "index",
+                    "victim": "untrained",
                     "trial": t,
                     "status": "ok",
                     "psnr": p[t] if isinstance(p, list) else p,

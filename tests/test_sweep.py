@@ -28,6 +28,7 @@ TINY = {
         "threat_models": ["mask_aware"],
         "mask_sources": ["own"],
         "ties": ["index"],
+        "victims": ["untrained"],
         "trials": 2,
     },
     "attacks.dlg.steps": 2,
@@ -109,6 +110,24 @@ def test_sweep_table_cache_and_determinism(tiny, tmp_path):
     one = with_changes(tiny.model_dump(), **{"sweep.workers": 1})
     fresh = run_sweep(one, "lenet", cache_dir=tmp_path / "b", progress=False)  # one worker instead of two
     pd.testing.assert_frame_equal(fresh.drop(columns=VARYING), table.drop(columns=VARYING))
+
+
+def test_trained_victims_run_beside_untrained_ones_on_the_same_samples(tiny, tmp_path):
+    """A `trained` victim is the seeded init after `models.<arch>.pretrain`: its trials attack another model (other
+    updates, other φ), never share a task with untrained ones, and only their cache keys follow the pretraining."""
+    small = {"epochs": 1, "samples": 64, "batch_size": 16, "lr": 0.003}
+    grid = TINY["sweep.lenet"] | {"ratios": [0.5], "victims": ["untrained", "trained"]}
+    params = with_changes(tiny.model_dump(), **{"sweep.lenet": grid, "models.lenet.pretrain": small})
+    trials = expand(params, "lenet")
+    assert [t.victim for t in trials].count("trained") == len(trials) // 2
+    assert all(len({t.victim for t in part}) == 1 for part in partition(params, distinct(trials)))
+    table = run_sweep(params, "lenet", cache_dir=tmp_path, progress=False)
+    assert (table.status == "ok").all(), table.error.tolist()
+    pair = table.set_index(["victim", "metric", "trial"])
+    assert (pair.loc["trained"].phi != pair.loc["untrained"].phi).all()  # another model: another update and mask
+    slower = with_changes(params.model_dump(), **{"models.lenet.pretrain.lr": 0.001})
+    for t in trials:
+        assert (trial_key(t, params) == trial_key(t, slower)) == (t.victim == "untrained")
 
 
 def _run(params, cache_root):

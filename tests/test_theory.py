@@ -156,6 +156,7 @@ def test_phi_cells_merge_the_metric_free_ratios_and_t4_sign():
                     "threat_model": "mask_aware",
                     "mask_source": "own",
                     "ties": "index",
+                    "victim": "untrained",
                     "status": "ok",
                     "metric": metric,
                     "ratio": ratio,
