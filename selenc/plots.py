@@ -20,13 +20,36 @@ def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
     col, label = success_column(arch)
     data = finite(table, col)
     data = data[(data.mask_source == "own") & (data.ties == "index") & (data.victim == "untrained")]
+    title = f"{arch}: attack success vs encryption ratio (lower = better protected)"
+    return _success_lines(data, col, label, title, hue="metric", col="attack", row="threat_model")
+
+
+def victims_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure | None:
+    """Attack success vs ratio on the untrained (solid) and the trained (dashed) victim, over the attacks, metrics
+    and ratios run on both (mask-aware attacker, own mask, index ties); None when no trial ran on a trained victim."""
+    col, label = success_column(arch)
+    data = finite(table, col)
+    data = data[(data.threat_model == "mask_aware") & (data.mask_source == "own") & (data.ties == "index")]
+    trained = data[data.victim == "trained"]
+    if not len(trained):
+        return None
+    data = data[
+        data.attack.isin(trained.attack.unique())
+        & data.metric.isin(trained.metric.unique())
+        & data.ratio.isin(trained.ratio.unique())
+    ]
+    title = f"{arch}: untrained vs trained victim, same samples (lower = better protected)"
+    return _success_lines(
+        data, col, label, title, hue="metric", style="victim", style_order=["untrained", "trained"], col="attack"
+    )
+
+
+def _success_lines(data: pd.DataFrame, y: str, label: str, title: str, **facets) -> plt.Figure:
+    """Success vs ratio as lines with 95% bootstrap CIs (seeded), faceted and styled as `facets` say."""
     grid = sns.relplot(
         data=data,
         x="ratio",
-        y=col,
-        hue="metric",
-        col="attack",
-        row="threat_model",
+        y=y,
         kind="line",
         marker="o",
         errorbar=("ci", 95),
@@ -35,40 +58,10 @@ def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
         height=3.2,
         aspect=1.2,
         facet_kws={"sharey": True},
+        **facets,
     )
     grid.set_axis_labels("encryption ratio ρ", label)
-    grid.figure.suptitle(f"{arch}: attack success vs encryption ratio (lower = better protected)", y=1.02)
-    return grid.figure
-
-
-def victims_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure | None:
-    """Attack success vs ratio on the untrained (solid) and the trained (dashed) victim, per attack, over the metrics
-    and ratios run on both (mask-aware attacker, own mask, index ties); None when no trial ran on a trained victim."""
-    col, label = success_column(arch)
-    data = finite(table, col)
-    data = data[(data.threat_model == "mask_aware") & (data.mask_source == "own") & (data.ties == "index")]
-    trained = data[data.victim == "trained"]
-    if not len(trained):
-        return None
-    data = data[data.metric.isin(trained.metric.unique()) & data.ratio.isin(trained.ratio.unique())]
-    grid = sns.relplot(
-        data=data,
-        x="ratio",
-        y=col,
-        hue="metric",
-        style="victim",
-        style_order=["untrained", "trained"],
-        col="attack",
-        kind="line",
-        marker="o",
-        errorbar=("ci", 95),
-        n_boot=1000,
-        seed=0,
-        height=3.2,
-        aspect=1.2,
-    )
-    grid.set_axis_labels("encryption ratio ρ", label)
-    grid.figure.suptitle(f"{arch}: untrained vs trained victim, same samples (lower = better protected)", y=1.02)
+    grid.figure.suptitle(title, y=1.02)
     return grid.figure
 
 
