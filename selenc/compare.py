@@ -4,7 +4,7 @@
                                  # reports/metrics/attacks.json
 
 - summary.csv: one row per cell, the strongest attacker's included (`stats.summary`).
-- paired.csv: every pair of metrics at equal ratio on the same samples (`stats.paired_metrics`).
+- paired.csv: each metric against random at equal ratio on the same samples (`stats.paired_metrics`).
 - attacks.json, per architecture: how much better the mask-aware attacker does than the zero-fill one (and how many
   cells zero-fill calls protected that the mask-aware attacker breaks), the shared-mask and decoy gaps, all over
   0 < ρ < 1 with their intervals; the support threshold (the share of the update that is non-zero: a ratio at or above
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = params.study.seed
     files = {
         outputs(args.reports)[0]: stats.summary(table, levels, seed).to_csv(index=False),
-        outputs(args.reports)[1]: stats.paired_metrics(table, levels).to_csv(index=False),
+        outputs(args.reports)[1]: stats.paired_metrics(table, levels, seed).to_csv(index=False),
         outputs(args.reports)[2]: json.dumps(comparison_metrics(table, level, levels, seed), indent=2) + "\n",
     }
     for path, text in files.items():

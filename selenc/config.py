@@ -315,7 +315,7 @@ class Sweep(Section):
     dask_workers: Annotated[int, Field(ge=0)]  # LocalCluster worker processes; 0 = one per CPU core
     batch_trials: Annotated[int, Field(ge=0)]  # trials per task (0 = sized by the executor); limit x its trials
     time_limit_s: PosFloat
-    bound_grid: PosInt  # t-grid points of L_S for the (B1) columns of every trial
+    bound_grid: Annotated[int, Field(ge=0)]  # t-grid points of L_S for every trial's (B1) columns; 0: no (B1) columns
     bound_iters: PosInt  # power iterations per grid point
     lenet: SweepArch
     cnn: SweepArch
@@ -340,7 +340,8 @@ class Theory(Section):
     power_iters: PosInt
     tolerance: Annotated[float, Field(ge=0.0)]
     null_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]  # T5: near-null singular values, relative to J's largest
-    samples: PosInt
+    samples: PosInt  # Monte-Carlo draws of Q (T3)
+    identity_candidates: PosInt  # far-field candidates x' per mask for the identity check (T1)
     cases: Annotated[list[TheoryCase], Field(min_length=1)]
 
 

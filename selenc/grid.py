@@ -49,6 +49,12 @@ class Trial:
             out["threat_model"] = "any"
         return out
 
+    def upload(self) -> str:
+        """What the client sends for this trial (`trial.prepare`), as a key: the identity minus the attack and the
+        threat model, which only the server's side reads. Trials with equal uploads share their preparation."""
+        client_side = {k: v for k, v in self.identity().items() if k not in ("attack", "threat_model")}
+        return json.dumps(client_side, sort_keys=True)
+
 
 def expand(params: Params, arch: str) -> list[Trial]:
     """All trials of `arch`'s grid in a fixed order: the main cross product, then each slice's trials not in it."""

@@ -133,34 +133,42 @@ def holm(pvalues: pd.Series) -> pd.Series:
     return pd.Series(multipletests(pvalues.to_numpy(), method="holm")[1], index=pvalues.index)
 
 
-def paired_metrics(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> pd.DataFrame:
-    """Every pair of metrics at equal ratio, on the samples both ran (same arch, attack, threat model, mask source,
-    ties, 0 < ρ < 1): the median difference in success (a − b; negative: a protects better), Wilcoxon p, and Holm's
-    correction over each architecture's family of comparisons."""
+BASELINE = "random"  # the metric every other one is tested against where it ran (`paired_metrics`)
+
+
+def paired_metrics(table: pd.DataFrame, levels: dict[str, PrivacyLevel], seed: int = 0) -> pd.DataFrame:
+    """Which metric protects better at equal ratio: per (arch, attack, threat model, mask source, ties, victim), each
+    metric against BASELINE where it ran (every pair of metrics where it did not), on the pairs both ran: a pair is
+    one sample at one ratio 0 < ρ < 1, so both metrics hide the same number of coordinates of the same update.
+
+    Per comparison: pairs n, the median difference in success (a − b; negative: a protects better) with its bootstrap
+    interval, the Wilcoxon p, and Holm's correction over each (arch, attack)'s family. Pooling the ratios and testing
+    against one baseline keeps the family small enough for five samples per cell to reach significance (one ratio's
+    five pairs cannot: their smallest two-sided p is 2/2^5)."""
     rows = trials(table, levels)
     rows = rows[(rows.ratio > 0) & (rows.ratio < 1)]
-    keys = [c for c in CELL if c != "metric"]
+    keys = [c for c in CELL if c not in ("metric", "ratio")]
+    cols = [*keys, "metric_a", "metric_b", "n", "median_diff", "ci_low", "ci_high", "p"]
     out = []
     for cell, group in rows.groupby(keys, sort=True):
-        wide = group.pivot_table(index="trial", columns="metric", values="success")
+        wide = group.pivot_table(index=["ratio", "trial"], columns="metric", values="success")
         names = sorted(wide.columns)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                diff = (wide[a] - wide[b]).dropna().to_numpy()
-                if len(diff) < 2:
-                    continue
-                out.append(
-                    dict(zip(keys, cell, strict=True))
-                    | {
-                        "metric_a": a,
-                        "metric_b": b,
-                        "n": len(diff),
-                        "median_diff": float(np.median(diff)),
-                        "p": wilcoxon(diff),
-                    }
-                )
-    frame = pd.DataFrame(out, columns=[*keys, "metric_a", "metric_b", "n", "median_diff", "p"])
-    frame["p_holm"] = frame.groupby("arch").p.transform(holm) if len(frame) else []
+        if BASELINE in names:
+            pairs = [(a, BASELINE) for a in names if a != BASELINE]
+        else:
+            pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+        for a, b in pairs:
+            diff = (wide[a] - wide[b]).dropna().to_numpy()
+            if len(diff) < 2:
+                continue
+            med, low, high = median_ci(diff, seed)
+            out.append(
+                dict(zip(keys, cell, strict=True))
+                | {"metric_a": a, "metric_b": b, "n": len(diff), "median_diff": med, "ci_low": low, "ci_high": high}
+                | {"p": wilcoxon(diff)}
+            )
+    frame = pd.DataFrame(out, columns=cols)
+    frame["p_holm"] = frame.groupby(["arch", "attack"]).p.transform(holm) if len(frame) else []
     frame["significant"] = frame.p_holm < 1 - CONFIDENCE
     return frame
 

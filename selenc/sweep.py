@@ -54,16 +54,18 @@ class SweepFailed(RuntimeError):
 
 # --- cache keys: what a result depends on ------------------------------------------------------------------------
 def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
-    """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) grouped per (attack, metric,
-    victim), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); attacks that do not
-    vectorise get one task per trial."""
+    """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) of a vectorised attack grouped per
+    (attack, metric, victim), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); the
+    other attacks' trials one task per client upload (`Trial.upload`), so that the analytic attacks on one upload
+    share its preparation (`trial.run_trials`)."""
     size = params.sweep.batch_trials or MAX_BATCH[resolve_device(params.study.device).type]
-    groups: dict[tuple[str, str, str], list[Trial]] = {}
+    groups: dict[tuple, list[Trial]] = {}
     for t in trials:
-        groups.setdefault((t.attack, t.identity()["metric"], t.victim), []).append(t)
+        key = (t.attack, t.identity()["metric"], t.victim) if t.attack in VECTORISED else (t.upload(),)
+        groups.setdefault(key, []).append(t)
     out = []
-    for (attack, _, _), group in groups.items():
-        step = size if attack in VECTORISED else 1
+    for key, group in groups.items():
+        step = size if len(key) == 3 else len(group)
         out += [group[i : i + step] for i in range(0, len(group), step)]
     return out
 

@@ -167,9 +167,10 @@ def rank_table(view: ClientView, masks: dict, tolerance: float) -> pd.DataFrame:
     × the unencrypted J's largest) and the entropy effective rank beside it, from J's exact spectrum."""
     spectrum = theory.Spectrum(view.victim, view.batch, view.update_cfg)
     reference = float(spectrum.singular_values(torch.ones(spectrum.j.shape[0], dtype=torch.bool))[0])
-    rows = []
+    rows, done = [], {}
     for (m, r), mask in masks.items():
-        sv = spectrum.singular_values(~mask)
+        key = mask.cpu().numpy().tobytes()  # ρ = 0 is one mask whatever the metric: one spectrum
+        sv = done[key] if key in done else done.setdefault(key, spectrum.singular_values(~mask))
         rows.append(
             {
                 "metric": m,
@@ -199,7 +200,7 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
         view = ClientView(victim, batch, client_update(victim, batch, cp.update), cp.update, cp.significance, seed)
         masks = case_masks(view, case)
         print(f"theory {label}: T1 identity, T3 fields" + (", T5 near-null space" if case.effective_rank else ""))
-        identity.append(identity_table(view, masks, th.samples).assign(case=label))
+        identity.append(identity_table(view, masks, th.identity_candidates).assign(case=label))
         frame, corr = field_table(view, th.samples, exact=case.effective_rank)
         fields.append(frame.assign(case=label))
         if case.effective_rank:

@@ -1,11 +1,12 @@
 """One grid point -> one measured outcome: the data flow of a single trial, run for a batch of trials at once.
 
 real sample(s) -> client update g -> significance scores -> mask S (ratio ρ) -> the server's view (visible values +
-mask) -> attack -> reconstruction metrics, φ(S) and (B1). A trial is `prepare`d on the client's side, attacked by the
-server, and `finish`ed on the client's side again (metrics need the true sample). `run_trials` runs a worker's batch:
-consecutive trials of one attack are attacked together (`attacks.BATCHED`: one vectorised optimisation for every
-optimisation attack), and every trial's failure becomes an `error` outcome instead of stopping the batch. HE is not
-run per trial: its cost depends on k only and is measured once per ratio (`cost`).
+mask) -> attack -> reconstruction metrics, φ(S) and, when `sweep.bound_grid` > 0, (B1). A trial is `prepare`d on the
+client's side, attacked by the server, and `finish`ed on the client's side again (metrics need the true sample).
+`run_trials` runs a worker's batch: consecutive trials of one attack are attacked together (`attacks.BATCHED`: one
+vectorised optimisation for every optimisation attack), trials on the same client upload are prepared once, and every
+trial's failure becomes an `error` outcome instead of stopping the batch. HE is not run per trial: its cost depends
+on k only and is measured once per ratio (`cost`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import traceback
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -94,7 +95,8 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
 
 
 def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Victim) -> Outcome:
-    """The attack's output scored against the true sample: reconstruction metrics and (B1)."""
+    """The attack's output scored against the true sample: reconstruction metrics, and (B1) unless
+    `sweep.bound_grid` is 0."""
     start = time.perf_counter()
     batch, mask = prepared.batch, prepared.mask
     out = {
@@ -124,7 +126,9 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         out["label_acc"] = float((result.labels.cpu().sort().values == batch.labels.cpu().sort().values).float().mean())
         out["reconstruction"] = " || ".join(result.texts)
     # (B1) at the attack's output, on the client's side (true labels; text: only when the recovered length matches)
-    x_hat = result.images if victim.modality == "image" else text_point(victim, batch, result.token_ids)
+    x_hat = None
+    if params.sweep.bound_grid:
+        x_hat = result.images if victim.modality == "image" else text_point(victim, batch, result.token_ids)
     if x_hat is not None:
         b1 = bound(
             victim, batch, params.update, x_hat, mask, params.sweep.bound_grid, params.sweep.bound_iters, prepared.seed
@@ -141,13 +145,16 @@ def failure(exc: BaseException) -> Outcome:
     return Outcome(status="error", error=f"{type(exc).__name__}: {exc}{where}")
 
 
-def _attack_group(group: list[Trial], params: Params, victim: Victim) -> list[Outcome]:
-    """Trials of one attack: prepared one by one, attacked together, finished one by one."""
+def _attack_group(group: list[Trial], params: Params, victim: Victim, uploads: dict[str, Prepared]) -> list[Outcome]:
+    """Trials of one attack: prepared one by one (an upload already in `uploads` is reused), attacked together,
+    finished one by one."""
     outcomes: list[Outcome | None] = [None] * len(group)
     ready: list[tuple[int, Prepared]] = []
     for i, trial in enumerate(group):
         try:
-            ready.append((i, prepare(trial, params, victim)))
+            if (shared := uploads.get(trial.upload())) is None:
+                shared = uploads[trial.upload()] = prepare(trial, params, victim)
+            ready.append((i, replace(shared, trial=trial)))
         except Exception as exc:  # one failing trial must not take the rest of the batch with it
             outcomes[i] = failure(exc)
     if ready:
@@ -174,11 +181,13 @@ def _attack_group(group: list[Trial], params: Params, victim: Victim) -> list[Ou
 
 def run_trials(trials: list[Trial], params: Params, victim: Victim) -> list[Outcome]:
     """A worker's batch, in order. Consecutive trials of a vectorised attack are attacked together; the others one by
-    one (their updates need not all be held at once)."""
+    one. Trials with the same upload (`Trial.upload`: another attack or threat model on the same client message) are
+    prepared once: `prepare` is deterministic, so the outcomes are those of preparing each trial on its own."""
     outcomes: list[Outcome] = []
+    uploads: dict[str, Prepared] = {}
     for name, run in itertools.groupby(trials, key=lambda t: t.attack):
         run = list(run)
         groups = [run] if name in VECTORISED else [[t] for t in run]
         for group in groups:
-            outcomes += _attack_group(group, params, victim)
+            outcomes += _attack_group(group, params, victim, uploads)
     return outcomes

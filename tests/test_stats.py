@@ -76,21 +76,26 @@ def test_wilson_interval_matches_the_guideline_rule():
     assert low < 0.75 < high and high - low < stats.wilson(3, 4)[1] - stats.wilson(3, 4)[0]
 
 
-def test_paired_metrics_find_a_consistent_difference_and_correct_for_many(params):
+def test_paired_metrics_test_each_metric_against_random_over_the_inner_ratios(params):
+    """Five samples at each of two inner ratios are ten pairs: a metric that always beats random is significant after
+    Holm over its attack's family; a noisy one is not; ρ = 0 and 1 (the same mask whatever the metric) never enter."""
     levels = params.guidelines.levels
-    good = [10.0 + i for i in range(8)]
-    bad = [20.0 + 2 * i for i in range(8)]
-    noise = [20.0 + (3 if i % 2 else -3) + i for i in range(8)]
+    good = [10.0 + i for i in range(5)]
+    bad = [20.0 + 2 * i for i in range(5)]
+    noise = [b + d for b, d in zip(bad, [3.0, -3.0, 4.0, -4.0, 1.0], strict=True)]  # as random, give or take
     table = pd.DataFrame(
-        rows("dlg", "magnitude", {0.0: 40.0, 0.3: good, 1.0: 5.0}, trials=8)
-        + rows("dlg", "random", {0.0: 40.0, 0.3: bad, 1.0: 5.0}, trials=8)
-        + rows("dlg", "weight", {0.0: 40.0, 0.3: noise, 1.0: 5.0}, trials=8)
+        rows("dlg", "magnitude", {0.0: 40.0, 0.3: good, 0.6: good, 1.0: 5.0})
+        + rows("dlg", "random", {0.0: 40.0, 0.3: bad, 0.6: bad, 1.0: 5.0})
+        + rows("dlg", "weight", {0.0: 40.0, 0.3: noise, 0.6: noise, 1.0: 5.0})
     )
-    paired = stats.paired_metrics(table, levels)
-    assert set(paired.ratio) == {0.3}  # ρ = 0 and 1 are the same mask whatever the metric
-    one = paired[(paired.attack == "dlg") & (paired.metric_a == "magnitude") & (paired.metric_b == "random")].iloc[0]
-    assert one.n == 8 and one.median_diff < 0 and one.p < 0.01 and one.p_holm >= one.p and one.significant
+    paired = stats.paired_metrics(table, levels).set_index(["attack", "metric_a"])
+    assert set(paired.metric_b) == {"random"} and set(paired.index.get_level_values(0)) == {"dlg", stats.STRONGEST}
+    one, other = paired.loc[("dlg", "magnitude")], paired.loc[("dlg", "weight")]
+    assert one.n == 10 and one.median_diff == -12.0 and one.ci_low <= -12.0 <= one.ci_high < 0
+    assert one.p < 0.01 and one.p_holm >= one.p and one.significant and not other.significant
     assert (paired.p_holm >= paired.p).all()
+    without = stats.paired_metrics(table[table.metric != "random"], levels)  # no baseline: every pair
+    assert set(zip(without.metric_a, without.metric_b, strict=True)) == {("magnitude", "weight")}
 
 
 def test_paired_gap_reads_only_partial_encryption():

@@ -14,9 +14,12 @@ import pytest
 import yaml
 
 from selenc import cache, data
+from selenc import trial as trial_mod
 from selenc.grid import distinct, expand
+from selenc.models import build_victim
 from selenc.results import COLUMNS
 from selenc.sweep import SweepFailed, partition, run_sweep, trial_key
+from selenc.trial import run_trials
 from tests.conftest import REPO, with_changes
 
 TINY = {
@@ -33,6 +36,8 @@ TINY = {
     },
     "attacks.dlg.steps": 2,
     "significance.samples": 1,
+    "sweep.bound_grid": 2,
+    "sweep.bound_iters": 1,
 }
 VARYING = ["attack_s", "trial_s", "he_encrypt_s", "he_bytes"]  # measurements: wall clock, compressed sizes
 
@@ -117,7 +122,8 @@ def test_trained_victims_run_beside_untrained_ones_on_the_same_samples(tiny, tmp
     updates, other φ), never share a task with untrained ones, and only their cache keys follow the pretraining."""
     small = {"epochs": 1, "samples": 64, "batch_size": 16, "lr": 0.003}
     grid = TINY["sweep.lenet"] | {"ratios": [0.5], "victims": ["untrained", "trained"]}
-    params = with_changes(tiny.model_dump(), **{"sweep.lenet": grid, "models.lenet.pretrain": small})
+    changes = {"sweep.lenet": grid, "models.lenet.pretrain": small, "sweep.bound_grid": 0}
+    params = with_changes(tiny.model_dump(), **changes)
     trials = expand(params, "lenet")
     assert [t.victim for t in trials].count("trained") == len(trials) // 2
     assert all(len({t.victim for t in part}) == 1 for part in partition(params, distinct(trials)))
@@ -125,9 +131,39 @@ def test_trained_victims_run_beside_untrained_ones_on_the_same_samples(tiny, tmp
     assert (table.status == "ok").all(), table.error.tolist()
     pair = table.set_index(["victim", "metric", "trial"])
     assert (pair.loc["trained"].phi != pair.loc["untrained"].phi).all()  # another model: another update and mask
+    assert table.filter(like="b1_").isna().all().all()  # sweep.bound_grid 0: no (B1) columns
     slower = with_changes(params.model_dump(), **{"models.lenet.pretrain.lr": 0.001})
     for t in trials:
         assert (trial_key(t, params) == trial_key(t, slower)) == (t.victim == "untrained")
+
+
+def test_analytic_attacks_on_one_upload_share_its_preparation(raw, monkeypatch):
+    """Token leakage and DAGER on the same client upload (either threat model) are one task, prepared once, with the
+    outcomes of preparing every trial on its own."""
+    grid = {
+        "metrics": ["magnitude"],
+        "ratios": [0.2],
+        "attacks": ["token_leakage", "dager"],
+        "threat_models": ["mask_aware", "zero_fill"],
+        "mask_sources": ["own"],
+        "ties": ["index"],
+        "victims": ["untrained"],
+        "trials": 2,
+    }
+    params = with_changes(raw, **{"sweep.gpt2": grid, "significance.samples": 1})
+    trials = distinct(expand(params, "gpt2"))
+    tasks = partition(params, trials)
+    assert len(tasks) == 2 and all(len(task) == 4 and len({t.upload() for t in task}) == 1 for task in tasks)
+    victim = build_victim("gpt2", params)
+    prepared, original = [], trial_mod.prepare
+    monkeypatch.setattr(trial_mod, "prepare", lambda t, *a: prepared.append(t) or original(t, *a))
+    together = run_trials(tasks[0], params, victim)
+    assert len(prepared) == 1  # four trials, one upload
+    alone = [o for t in tasks[0] for o in run_trials([t], params, victim)]
+    assert len(prepared) == 5
+    assert [o.model_dump(exclude={"attack_s", "trial_s"}) for o in together] == [
+        o.model_dump(exclude={"attack_s", "trial_s"}) for o in alone
+    ]
 
 
 def _run(params, cache_root):
