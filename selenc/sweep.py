@@ -64,8 +64,8 @@ def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
         key = (t.attack, t.identity()["metric"], t.victim) if t.attack in VECTORISED else (t.upload(),)
         groups.setdefault(key, []).append(t)
     out = []
-    for key, group in groups.items():
-        step = size if len(key) == 3 else len(group)
+    for group in groups.values():
+        step = size if group[0].attack in VECTORISED else len(group)
         out += [group[i : i + step] for i in range(0, len(group), step)]
     return out
 

@@ -170,7 +170,9 @@ def rank_table(view: ClientView, masks: dict, tolerance: float) -> pd.DataFrame:
     rows, done = [], {}
     for (m, r), mask in masks.items():
         key = mask.cpu().numpy().tobytes()  # ρ = 0 is one mask whatever the metric: one spectrum
-        sv = done[key] if key in done else done.setdefault(key, spectrum.singular_values(~mask))
+        if key not in done:
+            done[key] = spectrum.singular_values(~mask)
+        sv = done[key]
         rows.append(
             {
                 "metric": m,
