@@ -31,11 +31,13 @@ import numpy as np
 import torch
 
 from selenc import data
-from selenc.attacks.image import BATCHED, Matching, random_images
-from selenc.config import Params, load_params
+from selenc.attacks.image import VECTORISED as BATCHED
+from selenc.attacks.image.matching import Matching, random_images
+from selenc.config import load_params
 from selenc.metrics import image_scores
 from selenc.models import Batch, build_victim
 from selenc.observed import observe_client
+from selenc.settings import Params
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "out"
@@ -49,7 +51,7 @@ def strength(params: Params, n_images: int) -> tuple[list[str], dict]:
     victims = {arch: build_victim(arch, params) for arch in {arch for _, arch in RUNS}}
     for name, arch in RUNS:
         victim = victims[arch]
-        cfg = getattr(params.attacks, name)
+        cfg = params.attacks.of(name)
         scores, seconds = [], []
         recon = []
         batches = [
@@ -112,7 +114,7 @@ def speed(params: Params, reps: int = 50) -> list[str]:
             batch = victim.image_batch(data.Images(images.images[:b], images.labels[:b]))
             observed = observe_client(victim, batch, params.update)
             x = random_images(observed.public, 0, "speed")
-            plain, steps = _step_functions(victim, batch, observed, x, params.attacks.ig.tv)
+            plain, steps = _step_functions(victim, batch, observed, x, params.attacks.image.ig.tv)
             base = _median_ms(plain, reps)
             for objective, step in steps.items():
                 ms = _median_ms(step, reps)

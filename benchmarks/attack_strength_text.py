@@ -29,13 +29,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from selenc import data, metrics
-from selenc.attacks.text import ATTACKS
+from selenc.attacks import ATTACKS
 from selenc.attacks.text.decoding import Decoder
 from selenc.attacks.text.objective import Distance
 from selenc.attacks.text.reading import frame
-from selenc.config import derive_seed, parse_params
+from selenc.config import parse_params
 from selenc.models import build_victim
 from selenc.observed import observe_client
+from selenc.settings import derive_seed
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = [("token_leakage", None), ("tag", True), ("tag", False), ("lamp", True), ("lamp", False)]
@@ -51,14 +52,14 @@ def subset(n: int) -> list[int]:
 def config_params(raw: dict, attack: str, restrict: bool | None):
     if restrict is not None:
         raw = yaml.safe_load(yaml.safe_dump(raw))
-        raw["attacks"][attack]["restrict_vocab"] = restrict
+        raw["attacks"]["text"][attack]["restrict_vocab"] = restrict
     return parse_params(raw)
 
 
 def strength(victim, params, attack: str, restrict: bool | None, indices: list[int], examples: dict) -> dict:
     tok = victim.tokenizer
     special = set(tok.all_special_ids)
-    cfg = None if attack == "token_leakage" else getattr(params.attacks, attack)
+    cfg = None if attack == "token_leakage" else params.attacks.of(attack)
     rows = []
     label = f"{victim.arch} {attack}" + ("" if restrict is None else f" restrict={restrict}")
     for i in tqdm(indices, desc=label, leave=False, file=sys.stderr):
@@ -100,7 +101,7 @@ def speed(victim, params, repeats: int) -> list[tuple]:
         torch.autograd.grad(victim.loss(batch), model_params)
 
     def step(kind: str):  # one row through the CPU's path (plain autograd), as the attacks run it here
-        distance = Distance([observed], victim, ["mask_aware"], kind, params.attacks.tag.alpha)
+        distance = Distance([observed], victim, ["mask_aware"], kind, params.attacks.text.tag.alpha)
         row = distance.row()
 
         def run() -> None:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     indices = subset(args.sentences)
     print(f"# text attack strength: ratio 0, mask_aware, batch 1, {len(indices)} sentences, {args.threads} thread(s)")
     for name in ("tag", "lamp"):
-        print(f"# attacks.{name}: {getattr(params.attacks, name)}")
+        print(f"# attacks.{name}: {params.attacks.of(name)}")
     print()
     head = ["attack", "model", "restrict", "sentences", "ROUGE-1", "ROUGE-2", "ROUGE-L", "token F1", "exact"]
     print("| " + " | ".join([*head, "label acc", "s/sent"]) + " |")

@@ -28,7 +28,7 @@ import torch
 
 from selenc import data
 from selenc.attacks import BATCHED, VECTORISED
-from selenc.attacks.text import optimise
+from selenc.attacks.text import embedding
 from selenc.config import load_params
 from selenc.models import build_victim, resolve_device, target_batch
 from selenc.observed import observe_client
@@ -44,7 +44,7 @@ def _steps(cfg) -> int:
 def measure(params, arch: str, batch: int, trials: int, device: torch.device) -> tuple[float, int]:
     """Wall seconds to attack `trials` trials in calls of `batch`, and the attack steps done."""
     name = MAIN_ATTACK[arch]
-    cfg = getattr(params.attacks, name, None)
+    cfg = params.attacks.of(name)
     victim = build_victim(arch, params, device=device)
     dataset = getattr(params.models, arch).dataset
     pool = data.TARGET_POOL[dataset]
@@ -74,7 +74,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.text_vmap:
-        optimise.VECTORISE["cpu"] = True
+        embedding.VECTORISE["cpu"] = True
     torch.set_num_threads(1)
     params = load_params(args.params)
     device = resolve_device(args.device)
@@ -84,7 +84,7 @@ def main() -> None:
     single = args.single or (2 if cuda else 4)
     processes = 1 if cuda else os.cpu_count() or 1
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {os.cpu_count()} cores"
-    text_rows = "vmap" if optimise.VECTORISE[device.type] else "one by one through autograd"
+    text_rows = "vmap" if embedding.VECTORISE[device.type] else "one by one through autograd"
     print(
         f"device: {where}; torch {torch.__version__}, 1 thread per process; text rows: {text_rows}; "
         f"{time.strftime('%Y-%m-%d')}\n"
@@ -96,7 +96,7 @@ def main() -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for arch in args.archs.split(","):
         name = MAIN_ATTACK[arch]
-        cfg = getattr(params.attacks, name, None)
+        cfg = params.attacks.of(name)
         rows = [("one at a time", 1, single)]
         if name in VECTORISED:
             rows += [("batched", b, trials) for b in batches]

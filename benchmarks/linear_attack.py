@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 
 from selenc.attacks import BATCHED
-from selenc.attacks.linear import choose_optimiser
+from selenc.attacks.image.linear import choose_optimiser
 from selenc.config import load_params
 from selenc.gradients import client_update
 from selenc.metrics import image_scores
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    cfg = params.attacks.linear
+    cfg = params.attacks.image.linear
     print(f"# attacks.linear: {cfg}")
     print("| model | optimiser | B | mask | trials | features (exact) | PSNR (dB) | SSIM | label acc | s / trial |")
     print("|---|---|---:|---|---:|---|---:|---:|---:|---:|")

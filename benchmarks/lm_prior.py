@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/lm_prior.py [--sentences N] [--archs gpt2 bert] [--weights 0 0.2] [--threads 1]
 
-For each victim and each `attacks.lamp.lm_weight` in --weights (every other knob from params.yaml: ratio 0,
+For each victim and each `attacks.text.lamp.lm_weight` in --weights (every other knob from params.yaml: ratio 0,
 mask_aware, batch 1), attacks N Rotten Tomatoes target sentences (the label-balanced order 0, 20, 1, 21, … of
 `attack_strength_text.py`) with the same seeds, and prints one markdown table: mean ± 95% t-interval half-width of
 ROUGE-1 and ROUGE-2 (`selenc.metrics.text_scores`, against the decoded ground-truth tokens), the paired difference
@@ -27,11 +27,12 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from selenc import data, metrics
-from selenc.attacks.text import ATTACKS
+from selenc.attacks import ATTACKS
 from selenc.attacks.text.prior import PRIOR_NAME, language_model, nll
-from selenc.config import derive_seed, parse_params
+from selenc.config import parse_params
 from selenc.models import build_victim
 from selenc.observed import observe_client
+from selenc.settings import derive_seed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def run(victim, params, indices: list[int], label: str) -> list[dict]:
         batch = victim.text_batch([data.target_sentences()[i]])
         observed = observe_client(victim, batch, params.update)
         seed = derive_seed(params.study.seed, "bench", victim.arch, i)
-        result = ATTACKS["lamp"](observed, victim, params.attacks.lamp, "mask_aware", seed)
+        result = ATTACKS["lamp"](observed, victim, params.attacks.text.lamp, "mask_aware", seed)
         true_ids = [t for t in batch.inputs[0].tolist() if t not in special]
         truth = tok.decode(true_ids)
         row = metrics.text_scores(result.texts, [truth], result.token_ids, [true_ids])
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         nll(texts, lm)
         print(f"# prior load: {loaded:.1f} s; one LM pass over 16 sentences: {time.perf_counter() - start:.2f} s")
-    print(f"# attacks.lamp (lm_weight varied): {parse_params(raw).attacks.lamp}\n")
+    print(f"# attacks.lamp (lm_weight varied): {parse_params(raw).attacks.text.lamp}\n")
     print("| model | lm_weight | n | ROUGE-1 | ROUGE-2 | Δ ROUGE-1 (paired) | Δ ROUGE-2 (paired) | s/sent |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     examples = []
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for weight in args.weights:
             changed = copy.deepcopy(raw)
-            changed["attacks"]["lamp"]["lm_weight"] = weight
+            changed["attacks"]["text"]["lamp"]["lm_weight"] = weight
             params = parse_params(changed)
             victim = build_victim(arch, params, torch.device("cpu"))
             rows = run(victim, params, indices, f"{arch} lm_weight={weight}")

@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from selenc import data, metrics
 from selenc.attacks.text.token_leakage import token_leakage
-from selenc.config import derive_seed, load_params
+from selenc.config import load_params
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import build_victim
 from selenc.observed import observe
 from selenc.selection import decoy_key, make_mask
+from selenc.settings import derive_seed
 from selenc.significance import ClientView, scores
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,16 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selenc import cache, stats, theory_check
-from selenc.config import ARCH_MODALITY, ConfigError, PrivacyLevel, load_params
+from selenc import cache, stats
+from selenc.config import load_params
 from selenc.results import main_trials, success_column
-
-GAPS = {  # name: (column, better, worse): success under `better` minus under `worse`, same samples
-    "zero_fill_gap": ("threat_model", "mask_aware", "zero_fill"),
-    "shared_mask_gap": ("mask_source", "shared", "own"),
-    "decoy_gap": ("ties", "decoys", "index"),
-    "trained_gap": ("victim", "trained", "untrained"),
-}
+from selenc.settings import ARCH_MODALITY, ConfigError, Guidelines, PrivacyLevel
 
 
 def read_tables(reports: Path, archs: list[str]) -> pd.DataFrame:
@@ -68,10 +62,12 @@ def support_threshold(table: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def comparison_metrics(table: pd.DataFrame, level: str, levels: dict[str, PrivacyLevel], seed: int) -> dict:
-    """The stage's metrics JSON (see the module docstring)."""
+def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: int) -> dict:
+    """The stage's metrics JSON (see the module docstring); label accuracy and T4 read `results.main_trials`, the
+    zero-fill count the privacy level `level`."""
+    levels = cfg.levels
     out: dict = {arch: {} for arch in sorted(table.arch.unique())}
-    for name, (column, better, worse) in GAPS.items():
+    for name, (column, better, worse) in stats.GAPS.items():
         gaps = stats.paired_gap(table, column, better, worse, seed).set_index("arch")
         for arch in out:
             out[arch][name] = (
@@ -85,19 +81,19 @@ def comparison_metrics(table: pd.DataFrame, level: str, levels: dict[str, Privac
     ok = table[table.status == "ok"]
     for arch in out:
         out[arch]["zero_fill_overstated_cells"] = (
-            {"overstated": int(flags.loc[arch, "overstated"]), "cells": int(flags.loc[arch, "cells"])}
+            {"overstated": int(flags.loc[arch, "overstated"]), "cells": int(flags.loc[arch, "cells"]), "level": level}
             if arch in flags.index
             else None
         )
         out[arch]["support_threshold"] = support.get(arch)
-        unprotected = main_trials(ok[(ok.arch == arch) & (ok.ratio == 0)])
+        unprotected = main_trials(ok[(ok.arch == arch) & (ok.ratio == 0)], cfg)
         out[arch]["label_acc_unprotected"] = _round(unprotected.label_acc.mean()) if len(unprotected) else None
         col, _ = success_column(arch)
-        rows = table[table.arch == arch]
-        out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in theory_check.phi_spearman(rows, col).items()}
+        rows = main_trials(table[table.arch == arch], cfg)
+        out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in stats.phi_spearman(rows, col).items()}
         out[arch]["t4"] = {
             attack: {k: (_round(v) if isinstance(v, float) else v) for k, v in t4.items()}
-            for attack, t4 in theory_check.phi_given_ratio(rows, col).items()
+            for attack, t4 in stats.phi_given_ratio(rows, col).items()
         }
     return out
 
@@ -138,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the results tables hold trials that did not finish; rerun their sweeps", file=sys.stderr)
         return 1
     seed = params.study.seed
+    metrics = comparison_metrics(table, params.guidelines, level, seed)
     files = {
         outputs(args.reports)[0]: stats.summary(table, levels, seed).to_csv(index=False),
         outputs(args.reports)[1]: stats.paired_metrics(table, levels, seed).to_csv(index=False),
-        outputs(args.reports)[2]: json.dumps(comparison_metrics(table, level, levels, seed), indent=2) + "\n",
+        outputs(args.reports)[2]: json.dumps(metrics, indent=2) + "\n",
     }
     for path, text in files.items():
         cache.write_atomic(path, text)

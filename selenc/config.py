@@ -1,381 +1,48 @@
-"""Typed, validated study parameters.
+"""Loading params: `params.yaml` validated into frozen `settings.Params`, or one clear error.
 
-`params.yaml` holds every knob of the study. `load_params` turns it into frozen pydantic objects and fails before
-any work is done with one `ConfigError` whose message names the key path, the bad value and what is allowed.
-That includes what would only fail later: a duplicate YAML key, a modulus chain SEAL rejects, a privacy bound no
-attack result can meet, more samples than the dataset has attack targets.
-The name tables below (architectures, datasets, metrics, attacks) are the single list of valid names.
+    python -m selenc.config [--params FILE]   # validate a params file, then print the victims it describes
+
+`load_params` turns a params file into the sections of `settings` and fails before any work is done with one
+`ConfigError` whose message names the key path, the bad value and what is allowed. That includes what would only fail
+later: a duplicate YAML key, a name no registry declares, a modulus chain SEAL rejects, an attack or metric that does
+not fit the architecture's modality, more samples than the dataset has attack targets.
+
+The names a grid may use are those the code declares, in one place each: significance metrics in
+`significance.METRICS` (with `significance.NEEDS_TOKEN_EMBEDDING`), attacks and their modality in `attacks.MODALITY`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
+import argparse
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, NamedTuple
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
+from selenc.attacks import MODALITY as ATTACK_MODALITY
 from selenc.data import TARGET_POOL
-
-# --- names the study knows, and the modality each one fits -------------------------------------------------------
-ARCH_MODALITY: dict[str, str] = {"lenet": "image", "cnn": "image", "bert": "text", "gpt2": "text"}
-DATASET_MODALITY: dict[str, str] = {"mnist": "image", "cifar10": "image", "rotten_tomatoes": "text"}
-METRICS: tuple[str, ...] = (
-    "random",
-    "magnitude",
-    "weight",
-    "saliency",
-    "sensitivity",
-    "hessian",
-    "distance",
-    "layer_first",
-    "layer_last",
-    "embedding_rows",
+from selenc.models import build_victim
+from selenc.settings import (
+    ARCH_MODALITY,
+    DATASET_MODALITY,
+    SEAL_MAX_BITS,
+    Attacks,
+    ConfigError,
+    Params,
 )
-TEXT_ONLY_METRICS: frozenset[str] = frozenset({"embedding_rows"})
-ATTACK_MODALITY: dict[str, str] = {
-    "dlg": "image",
-    "idlg": "image",
-    "ig": "image",
-    "linear": "image",
-    "token_leakage": "text",
-    "dager": "text",
-    "tag": "text",
-    "lamp": "text",
-}
-THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
-MASK_SOURCES: tuple[str, ...] = ("own", "shared")
-TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
-VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
-MAX_BATCH = 8
-# SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
-SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
-# a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
-DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|inproc://\S+")
+from selenc.significance import METRICS, NEEDS_TOKEN_EMBEDDING
 
-ImageDataset = Literal["mnist", "cifar10"]
-TextDataset = Literal["rotten_tomatoes"]
-Metric = Literal[METRICS]
-Attack = Literal[tuple(ATTACK_MODALITY)]
-ThreatModel = Literal[THREAT_MODELS]
-MaskSource = Literal[MASK_SOURCES]
-Ties = Literal[TIES]
-VictimState = Literal[VICTIMS]
-Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
-PosInt = Annotated[int, Field(gt=0)]
-PosFloat = Annotated[float, Field(gt=0.0)]
-
-
-class ConfigError(ValueError):
-    """Invalid parameters: the message names the key path, the bad value and what is allowed."""
-
-
-class Section(BaseModel):
-    """Base of every params section: strict types, no unknown keys, immutable."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise PydanticCustomError(
-                    "unknown_key",
-                    "unknown key '{key}'; allowed keys: {allowed}",
-                    {"key": unknown[0], "allowed": ", ".join(cls.model_fields)},
-                )
-        return data
-
-
-def _unique(values: list) -> list:
-    dupes = sorted({str(v) for v in values if values.count(v) > 1})
-    if dupes:
-        raise ValueError(f"duplicate entries {dupes}; each value may appear once")
-    return values
-
-
-def unique_list(item: Any) -> Any:
-    """The type of a non-empty list of distinct `item`s (a sweep axis)."""
-    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
-
-
-def _dask_address(value: str | None) -> str | None:
-    if value is not None and not DASK_ADDRESS.fullmatch(value):
-        raise ValueError(
-            "not a dask scheduler address; allowed: tcp://host:port, tls://host:port, host:port or inproc://..., "
-            "or null to start a LocalCluster"
+# every attack with knobs in params.yaml is a registered attack of that modality (a bug otherwise, found at import)
+for _modality, _section in Attacks.model_fields.items():
+    _wrong = [a for a in _section.annotation.model_fields if ATTACK_MODALITY.get(a) != _modality]
+    if _wrong:
+        raise ImportError(
+            f"settings.Attacks.{_modality} has knobs for {_wrong}: not {_modality} attacks of the registry"
         )
-    return value
 
 
-def _reachable(minimum: float, why: str) -> AfterValidator:
-    """A privacy bound that some reconstruction can meet: below `minimum` it would never be met."""
-
-    def check(value: float) -> float:
-        if value < minimum:
-            raise ValueError(f"can never be met: {why}; allowed: >= {minimum:g}")
-        return value
-
-    return AfterValidator(check)
-
-
-# --- sections ----------------------------------------------------------------------------------------------------
-class Study(Section):
-    seed: Annotated[int, Field(ge=0)]
-    device: Literal["auto", "cpu", "cuda"]
-
-
-class Pretrain(Section):
-    epochs: Annotated[int, Field(ge=0)]
-    samples: PosInt
-    batch_size: PosInt
-    lr: PosFloat
-
-
-class LeNet(Section):
-    dataset: ImageDataset
-    init: Literal["uniform", "default"]
-    pretrain: Pretrain
-
-
-class CNN(Section):
-    dataset: ImageDataset
-    width: PosInt
-    depth: Annotated[int, Field(gt=0, le=6)]  # stride-2 blocks after the first: 32 px allows at most 6
-    pretrain: Pretrain
-
-
-class Bert(Section):
-    dataset: TextDataset
-    max_length: Annotated[int, Field(ge=4, le=512)]
-    pretrain: Pretrain
-
-
-class GPT2(Section):
-    dataset: TextDataset
-    n_layer: PosInt
-    n_head: PosInt
-    n_embd: PosInt
-    n_positions: PosInt
-    max_length: Annotated[int, Field(ge=4)]
-    pretrain: Pretrain
-
-    @model_validator(mode="after")
-    def _shapes_fit(self) -> GPT2:
-        if self.n_embd % self.n_head:
-            raise PydanticCustomError(
-                "shape",
-                "n_embd={n_embd} must be a multiple of n_head={n_head}",
-                {"n_embd": self.n_embd, "n_head": self.n_head},
-            )
-        if self.max_length > self.n_positions:
-            raise PydanticCustomError(
-                "shape",
-                "max_length={m} exceeds n_positions={p}; allowed: max_length <= n_positions",
-                {"m": self.max_length, "p": self.n_positions},
-            )
-        return self
-
-
-class Models(Section):
-    lenet: LeNet
-    cnn: CNN
-    bert: Bert
-    gpt2: GPT2
-
-
-class Update(Section):
-    kind: Literal["fedsgd", "fedavg"]
-    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)]
-    local_steps: PosInt
-    local_lr: PosFloat
-
-
-class Significance(Section):
-    samples: PosInt
-    distance_q: Literal["far", "near", "path"]
-    near_eps: PosFloat
-    path_lr: PosFloat
-    shared_clients: Annotated[int, Field(ge=2)]
-
-
-class HE(Section):
-    poly_modulus_degree: Literal[4096, 8192, 16384, 32768]
-    coeff_mod_bit_sizes: Annotated[list[Annotated[int, Field(ge=20, le=60)]], Field(min_length=3)]
-    scale_bits: Annotated[int, Field(ge=20, le=60)]
-    max_ciphertexts: PosInt
-    threads: PosInt
-
-    @model_validator(mode="after")
-    def _levels_fit(self) -> HE:
-        inner = self.coeff_mod_bit_sizes[1:-1]
-        if any(b != self.scale_bits for b in inner):
-            raise PydanticCustomError(
-                "he",
-                "the inner coeff_mod_bit_sizes {inner} must equal scale_bits={s} (CKKS rescaling)",
-                {"inner": inner, "s": self.scale_bits},
-            )
-        return self
-
-
-class LBFGSAttack(Section):
-    steps: PosInt
-    lr: PosFloat
-    restarts: PosInt
-
-
-class IGAttack(Section):
-    steps: PosInt
-    lr: PosFloat
-    tv: Annotated[float, Field(ge=0.0)]
-    restarts: PosInt
-
-
-class LinearAttack(Section):
-    steps: PosInt
-    lr: PosFloat
-    tv: Annotated[float, Field(ge=0.0)]
-    tv_lbfgs: Annotated[float, Field(ge=0.0)]  # the TV weight with L-BFGS's squared-distance objective
-    match: PosFloat  # weight of the gradient-matching term beside the feature term
-    restarts: PosInt
-    optimiser: Literal["auto", "adam", "lbfgs"]  # auto: L-BFGS for a model without ReLU, signed Adam otherwise
-
-
-class TAGAttack(Section):
-    steps: PosInt
-    lr: PosFloat
-    alpha: Annotated[float, Field(ge=0.0)]
-    restarts: PosInt
-    restrict_vocab: bool
-
-
-class LAMPAttack(Section):
-    steps: PosInt
-    lr: PosFloat
-    embedding_reg: Annotated[float, Field(ge=0.0)]
-    reorder_every: PosInt
-    reorder_candidates: PosInt
-    polish: Annotated[int, Field(ge=0)]
-    restarts: PosInt
-    restrict_vocab: bool
-    lm_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]  # LM prior's coefficient; 0: no prior, never loaded
-
-
-class Attacks(Section):
-    dlg: LBFGSAttack
-    idlg: LBFGSAttack
-    ig: IGAttack
-    linear: LinearAttack
-    tag: TAGAttack
-    lamp: LAMPAttack
-
-
-class SweepSlice(Section):
-    """A further cross product of an architecture's grid: a key left out takes the main grid's value."""
-
-    metrics: unique_list(Metric) | None = None
-    ratios: unique_list(Ratio) | None = None
-    attacks: unique_list(Attack) | None = None
-    threat_models: unique_list(ThreatModel) | None = None
-    mask_sources: unique_list(MaskSource) | None = None
-    ties: unique_list(Ties) | None = None
-    victims: unique_list(VictimState) | None = None
-    trials: PosInt | None = None
-
-
-class SweepArch(Section):
-    """The main cross product of an architecture's grid, and `slices`: further cross products run beside it."""
-
-    metrics: unique_list(Metric)
-    ratios: unique_list(Ratio)
-    attacks: unique_list(Attack)
-    threat_models: unique_list(ThreatModel)
-    mask_sources: unique_list(MaskSource)
-    ties: unique_list(Ties)
-    victims: unique_list(VictimState)
-    trials: PosInt
-    slices: list[SweepSlice] = []
-
-    def products(self) -> list[SweepSlice]:
-        """The main cross product and every slice, each with all keys filled in."""
-        main = SweepSlice(**self.model_dump(exclude={"slices"}))
-        fill = main.model_dump()
-        return [main] + [SweepSlice(**(fill | s.model_dump(exclude_none=True))) for s in self.slices]
-
-
-class Sweep(Section):
-    workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
-    executor: Literal["local", "dask"]  # local: worker processes here (CUDA-safe); dask: a dask.distributed cluster
-    dask_address: Annotated[str | None, AfterValidator(_dask_address)]  # None: start a LocalCluster
-    dask_workers: Annotated[int, Field(ge=0)]  # LocalCluster worker processes; 0 = one per CPU core
-    batch_trials: Annotated[int, Field(ge=0)]  # trials per task (0 = sized by the executor); limit x its trials
-    time_limit_s: PosFloat
-    bound_grid: Annotated[int, Field(ge=0)]  # t-grid points of L_S for every trial's (B1) columns; 0: no (B1) columns
-    bound_iters: PosInt  # power iterations per grid point
-    lenet: SweepArch
-    cnn: SweepArch
-    bert: SweepArch
-    gpt2: SweepArch
-
-
-class TheoryCase(Section):
-    """One self-contained attack experiment of the theory stage (a small sweep with mask-aware, own masks)."""
-
-    arch: Literal[tuple(ARCH_MODALITY)]
-    attack: Attack
-    steps: PosInt  # replaces the attack's `steps` from the attacks section
-    metrics: unique_list(Metric)
-    ratios: unique_list(Ratio)
-    trials: PosInt
-    effective_rank: bool  # T5 on this case (J's exact spectrum: d JVPs and a d x d eigenproblem; small inputs only)
-
-
-class Theory(Section):
-    grid: Annotated[int, Field(ge=2)]
-    power_iters: PosInt
-    tolerance: Annotated[float, Field(ge=0.0)]
-    null_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]  # T5: near-null singular values, relative to J's largest
-    samples: PosInt  # Monte-Carlo draws of Q (T3)
-    identity_candidates: PosInt  # far-field candidates x' per mask for the identity check (T1)
-    cases: Annotated[list[TheoryCase], Field(min_length=1)]
-
-
-class PrivacyLevel(Section):
-    """A trial is protected at this level when the attack stays under every bound of its modality."""
-
-    psnr_max: Annotated[float, _reachable(0.0, "the PSNR of images in [0, 1] is never negative")]
-    ssim_max: Annotated[float, _reachable(-1.0, "SSIM is never below -1")]
-    rouge1_max: Ratio
-    token_f1_max: Ratio
-    min_protected: Annotated[float, Field(gt=0.0, le=1.0)]  # a ratio protects when its share's Wilson low end >= this
-
-
-class Guidelines(Section):
-    levels: Annotated[dict[str, PrivacyLevel], Field(min_length=1)]
-    threat_model: ThreatModel
-    mask_source: MaskSource
-    ties: Ties
-    victim: VictimState
-
-
-class Params(Section):
-    study: Study
-    models: Models
-    update: Update
-    significance: Significance
-    he: HE
-    attacks: Attacks
-    sweep: Sweep
-    guidelines: Guidelines
-    theory: Theory
-
-
-# --- loading -----------------------------------------------------------------------------------------------------
 def _format_error(err: dict, source: str) -> str:
     path = ".".join(str(p) for p in err["loc"]) or "<top level>"
     if err["type"] == "missing":
@@ -391,22 +58,61 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+class _Grid(NamedTuple):
+    """A sweep product or a theory case, as the cross-section checks read it."""
+
+    where: str  # its key path, e.g. sweep.lenet.slices.0
+    arch: str
+    metrics: list[str]
+    attacks: list[tuple[str, str]]  # (key below `where`, attack name)
+    victims: list[str]
+    trials: int
+
+
+def _grids(p: Params) -> list[_Grid]:
+    out = [
+        _Grid(
+            f"sweep.{arch}" + (f".slices.{i - 1}" if i else ""),
+            arch,
+            grid.metrics,
+            [(f"attacks.{j}", a) for j, a in enumerate(grid.attacks)],
+            grid.victims,
+            grid.trials,
+        )
+        for arch in ARCH_MODALITY
+        for i, grid in enumerate(getattr(p.sweep, arch).products())
+    ]
+    cases = p.theory.cases
+    return out + [
+        _Grid(f"theory.cases.{i}", c.arch, c.metrics, [("attack", c.attack)], ["untrained"], c.trials)
+        for i, c in enumerate(cases)
+    ]
+
+
+def _check_names(p: Params, source: str) -> None:
+    """Every metric and attack a grid names is declared by its registry."""
+    for grid in _grids(p):
+        named = [(f"metrics.{i}", m, METRICS, "a significance metric") for i, m in enumerate(grid.metrics)]
+        named += [(key, a, ATTACK_MODALITY, "an attack") for key, a in grid.attacks]
+        for key, name, known, what in named:
+            if name not in known:
+                raise ConfigError(f"{source}: {grid.where}.{key}: {name!r} is not {what}; allowed: {', '.join(known)}")
+
+
 def _check_modalities(p: Params, source: str) -> None:
     """Cross-section rules pydantic cannot see field by field: names must fit the architecture's modality."""
     for arch, modality in ARCH_MODALITY.items():
         dataset = getattr(p.models, arch).dataset
         if DATASET_MODALITY[dataset] != modality:  # guarded by the Literal types too; kept for new datasets
             raise ConfigError(f"{source}: models.{arch}.dataset: {dataset!r} is not {_a(modality)} dataset")
-        for i, grid in enumerate(getattr(p.sweep, arch).products()):
-            where = f"{source}: sweep.{arch}" + (f".slices.{i - 1}" if i else "")
-            _check_grid(where, arch, grid.attacks, grid.metrics)
-            if "trained" in grid.victims and not getattr(p.models, arch).pretrain.epochs:
-                raise ConfigError(
-                    f"{where}.victims: 'trained' needs a pretraining, but models.{arch}.pretrain.epochs is 0; "
-                    f"allowed: untrained, or trained with models.{arch}.pretrain.epochs > 0"
-                )
-    for i, case in enumerate(p.theory.cases):
-        _check_grid(f"{source}: theory.cases.{i}", case.arch, [case.attack], case.metrics)
+    for grid in _grids(p):
+        _check_grid(f"{source}: {grid.where}", grid.arch, [a for _, a in grid.attacks], grid.metrics)
+        if "trained" in grid.victims and not getattr(p.models, grid.arch).pretrain.epochs:
+            epochs = f"models.{grid.arch}.pretrain.epochs"
+            raise ConfigError(
+                f"{source}: {grid.where}.victims: 'trained' needs a pretraining, but {epochs} is 0; "
+                f"allowed: untrained, or trained with {epochs} > 0"
+            )
 
 
 def _check_grid(where: str, arch: str, attacks: list[str], metrics: list[str]) -> None:
@@ -420,10 +126,10 @@ def _check_grid(where: str, arch: str, attacks: list[str], metrics: list[str]) -
             )
     if modality == "image":
         for metric in metrics:
-            if metric in TEXT_ONLY_METRICS:
+            if metric in NEEDS_TOKEN_EMBEDDING:
                 raise ConfigError(
                     f"{where}.metrics: {metric!r} needs a token embedding and {arch} is an "
-                    f"image model; allowed: {', '.join(m for m in METRICS if m not in TEXT_ONLY_METRICS)}"
+                    f"image model; allowed: {', '.join(m for m in METRICS if m not in NEEDS_TOKEN_EMBEDDING)}"
                 )
 
 
@@ -436,14 +142,8 @@ def _check_limits(p: Params, source: str) -> None:
             f"SEAL allows at most {SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): "
             "use fewer or smaller primes or a larger poly_modulus_degree"
         )
-    grids = [
-        (f"sweep.{arch}" + (f".slices.{i - 1}" if i else ""), arch, grid.trials)
-        for arch in ARCH_MODALITY
-        for i, grid in enumerate(getattr(p.sweep, arch).products())
-    ]
-    grids += [(f"theory.cases.{i}", case.arch, case.trials) for i, case in enumerate(p.theory.cases)]
     batch = p.update.batch_size
-    for where, arch, trials in grids:
+    for where, arch, _, _, _, trials in _grids(p):
         dataset = getattr(p.models, arch).dataset
         if trials * batch > TARGET_POOL[dataset]:
             raise ConfigError(
@@ -460,6 +160,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc.errors()[0], source)) from None
+    _check_names(params, source)
     _check_modalities(params, source)
     _check_limits(params, source)
     return params
@@ -511,7 +212,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
-def derive_seed(master: int, *tags: str | int) -> int:
-    """A stable 63-bit seed for one purpose, e.g. `derive_seed(seed, "model", "lenet")`; independent of call order."""
-    digest = hashlib.sha256(":".join(map(str, (master, *tags))).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+def main(argv: list[str] | None = None) -> int:
+    """Validate a params file (one line on stderr if it is not valid), then print the victims it builds: parameter
+    counts, inputs and the device."""
+    parser = argparse.ArgumentParser(prog="python -m selenc.config", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    try:
+        params = load_params(parser.parse_args(argv).params)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("| arch | modality | dataset | parameters | input | device |\n|---|---|---|---:|---|---|")
+    for arch in ARCH_MODALITY:
+        v = build_victim(arch, params)
+        dataset = getattr(params.models, arch).dataset
+        print(f"| {arch} | {v.modality} | {dataset} | {v.num_parameters():,} | {v.input_shape} | {v.device} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

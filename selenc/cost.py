@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from selenc.config import Params
 from selenc.gradients import client_update
 from selenc.he import HEClient
 from selenc.models import Victim, build_victim, target_batch
 from selenc.results import Cost
 from selenc.selection import top_k_mask
+from selenc.settings import Params
 
 
 def measure(params: Params, arch: str, ratio: float, victim: Victim | None = None) -> Cost:

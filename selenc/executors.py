@@ -26,10 +26,10 @@ from multiprocessing.connection import Connection, wait
 
 import torch
 
-from selenc.config import Params
 from selenc.grid import Trial
 from selenc.models import Victim, build_victim, resolve_device
 from selenc.results import Outcome
+from selenc.settings import Params
 from selenc.trial import failure, run_trials
 
 Done = tuple[list[Trial], list[Outcome]]

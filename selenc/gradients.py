@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selenc.config import Update
 from selenc.models import Batch, Victim
+from selenc.settings import Update
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
-from selenc.config import Params
+from selenc.settings import Params
 
 
 def effective_metric(metric: str, ratio: float) -> str:

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from selenc import cache
-from selenc.config import ConfigError, Guidelines, PrivacyLevel, load_params
+from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
+from selenc.settings import ConfigError, Guidelines, PrivacyLevel
 from selenc.stats import CONFIDENCE, STRONGEST
 
 RECORD_KEYS = (

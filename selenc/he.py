@@ -27,9 +27,9 @@ import numpy as np
 import tenseal as ts
 import torch
 
-from selenc.config import HE
 from selenc.gradients import FlatLayout
 from selenc.observed import ObservedUpdate, PublicInfo
+from selenc.settings import HE
 
 
 class HEError(ValueError):

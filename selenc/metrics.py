@@ -59,7 +59,8 @@ def match(cost: np.ndarray) -> np.ndarray:
 def image_scores(
     recon: torch.Tensor, truth: torch.Tensor, recon_labels: torch.Tensor, true_labels: torch.Tensor
 ) -> dict:
-    """Per-batch means of mse, psnr, ssim and label_acc, after matching reconstructions to ground truth."""
+    """Per-batch means of mse, psnr, ssim and label_acc, after matching reconstructions to ground truth (`order`: the
+    reconstruction matched to each true sample)."""
     _check_batch(recon, truth)
     recon, truth = recon.detach().cpu().clamp(0, 1), truth.detach().cpu()
     cost = np.array([[mse(r, t) for t in truth] for r in recon])
@@ -107,7 +108,8 @@ def text_scores(
     predicted_ids: Sequence[Sequence[int]],
     true_ids: Sequence[Sequence[int]],
 ) -> dict:
-    """Per-batch means of ROUGE-1/2/L, token P/R/F1 and exact match, after matching sentences by ROUGE-1."""
+    """Per-batch means of ROUGE-1/2/L, token F1 and exact match, after matching sentences by ROUGE-1 (`order`: the
+    prediction matched to each true sentence)."""
     if len(predicted) != len(truth) or len(predicted_ids) != len(true_ids) or len(predicted) != len(predicted_ids):
         raise ValueError(f"text batches differ in size: {len(predicted)} predictions for {len(truth)} sentences")
     cost = np.array([[-rouge(p, t)["rouge1"] for t in truth] for p in predicted])
@@ -115,7 +117,7 @@ def text_scores(
     rows = []
     for j in range(len(truth)):
         i = order[j]
-        row = rouge(predicted[i], truth[j]) | token_prf(predicted_ids[i], true_ids[j])
+        row = rouge(predicted[i], truth[j]) | {"token_f1": token_prf(predicted_ids[i], true_ids[j])["token_f1"]}
         row["exact_match"] = float(" ".join(predicted[i].split()) == " ".join(truth[j].split()))
         rows.append(row)
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -16,7 +16,6 @@ which the attacks and the theory assume.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from selenc import data
-from selenc.config import ARCH_MODALITY, Params, Pretrain, derive_seed, load_params
+from selenc.settings import ARCH_MODALITY, Params, Pretrain, derive_seed
 
 NUM_CLASSES = {"mnist": 10, "cifar10": 10, "rotten_tomatoes": 2}
 CHANNELS = {"mnist": 1, "cifar10": 3}
@@ -378,19 +377,3 @@ def pretrain(victim: Victim, cfg: Pretrain, seed: int) -> list[float]:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     victim.model.eval()
     return losses
-
-
-def main() -> None:
-    """Print the default victims built from params.yaml: parameter counts and input shapes."""
-    parser = argparse.ArgumentParser(prog="python -m selenc.models", description=main.__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    params = load_params(parser.parse_args().params)
-    print("| arch | modality | dataset | parameters | input | device |\n|---|---|---|---:|---|---|")
-    for arch in ARCH_MODALITY:
-        v = build_victim(arch, params)
-        dataset = getattr(params.models, arch).dataset
-        print(f"| {arch} | {v.modality} | {dataset} | {v.num_parameters():,} | {v.input_shape} | {v.device} |")
-
-
-if __name__ == "__main__":
-    main()

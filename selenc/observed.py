@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.config import Update
 from selenc.gradients import FlatLayout, client_update
 from selenc.models import Batch, Victim
+from selenc.settings import Update
 
 
 @dataclass(frozen=True)

@@ -11,33 +11,28 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from selenc.results import decode_images, finite, main_trials, success_column
+from selenc.results import both_victims, decode_images, finite, main_trials, success_column
+from selenc.settings import Guidelines
 
 
-def success_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
-    """Attack success vs encryption ratio, one line per metric with 95% bootstrap CIs, per attack × threat model (own
-    mask, index ties, untrained victim: the other mask sources, ties and victims have their own comparisons)."""
+def success_vs_ratio(table: pd.DataFrame, arch: str, cfg: Guidelines) -> plt.Figure:
+    """Attack success vs encryption ratio, one line per metric with 95% bootstrap CIs, per attack × threat model (the
+    mask source, ties and victim the guidelines read: the others have their own comparisons)."""
     col, label = success_column(arch)
     data = finite(table, col)
-    data = data[(data.mask_source == "own") & (data.ties == "index") & (data.victim == "untrained")]
+    data = data[(data.mask_source == cfg.mask_source) & (data.ties == cfg.ties) & (data.victim == cfg.victim)]
     title = f"{arch}: attack success vs encryption ratio (lower = better protected)"
     return _success_lines(data, col, label, title, hue="metric", col="attack", row="threat_model")
 
 
-def victims_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure | None:
+def victims_vs_ratio(table: pd.DataFrame, arch: str, cfg: Guidelines) -> plt.Figure | None:
     """Attack success vs ratio on the untrained (solid) and the trained (dashed) victim, over the attacks, metrics
-    and ratios run on both (mask-aware attacker, own mask, index ties); None when no trial ran on a trained victim."""
+    and ratios run on both (the attacker, mask source and ties the guidelines read); None when no trial ran on a
+    trained victim."""
     col, label = success_column(arch)
-    data = finite(table, col)
-    data = data[(data.threat_model == "mask_aware") & (data.mask_source == "own") & (data.ties == "index")]
-    trained = data[data.victim == "trained"]
-    if not len(trained):
+    data = both_victims(table, arch, cfg)
+    if not len(data):
         return None
-    data = data[
-        data.attack.isin(trained.attack.unique())
-        & data.metric.isin(trained.metric.unique())
-        & data.ratio.isin(trained.ratio.unique())
-    ]
     title = f"{arch}: untrained vs trained victim, same samples (lower = better protected)"
     return _success_lines(
         data, col, label, title, hue="metric", style="victim", style_order=["untrained", "trained"], col="attack"
@@ -78,17 +73,13 @@ def he_cost_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
     return fig
 
 
-def reconstruction_grid(table: pd.DataFrame, originals: np.ndarray, attack: str, trial: int = 0) -> plt.Figure:
-    """Original vs reconstructions across ratios (columns) and metrics (rows) for one attack and one trial."""
-    rows = table[
-        (table.attack == attack)
-        & (table.trial == trial)
-        & (table.status == "ok")
-        & (table.threat_model == table.threat_model.iloc[0])
-        & (table.mask_source == "own")
-        & (table.ties == "index")
-        & (table.victim == "untrained")
-    ]
+def reconstruction_grid(
+    table: pd.DataFrame, originals: np.ndarray, attack: str, cfg: Guidelines, trial: int = 0
+) -> plt.Figure:
+    """Original vs reconstructions across ratios (columns) and metrics (rows) for one attack and one trial, of the
+    attacker and victim the guidelines read."""
+    rows = main_trials(table, cfg)
+    rows = rows[(rows.attack == attack) & (rows.trial == trial) & (rows.status == "ok")]
     metrics, ratios = sorted(rows.metric.unique()), sorted(rows.ratio.unique())
     fig, axes = plt.subplots(
         len(metrics), len(ratios) + 1, figsize=(1.4 * (len(ratios) + 1), 1.5 * len(metrics)), squeeze=False
@@ -118,17 +109,11 @@ def _hwc(image: np.ndarray) -> np.ndarray:
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
-def sentence_table(table: pd.DataFrame, truth: list[str], attack: str, trial: int = 0) -> pd.DataFrame:
-    """Original vs reconstructed sentences across ratios and metrics, for one attack and trial."""
-    rows = table[
-        (table.attack == attack)
-        & (table.trial == trial)
-        & (table.status == "ok")
-        & (table.mask_source == "own")
-        & (table.ties == "index")
-        & (table.victim == "untrained")
-    ]
-    rows = rows[rows.threat_model == rows.threat_model.iloc[0]] if len(rows) else rows
+def sentence_table(table: pd.DataFrame, truth: list[str], attack: str, cfg: Guidelines, trial: int = 0) -> pd.DataFrame:
+    """Original vs reconstructed sentences across ratios and metrics, for one attack and trial, of the attacker and
+    victim the guidelines read."""
+    rows = main_trials(table, cfg)
+    rows = rows[(rows.attack == attack) & (rows.trial == trial) & (rows.status == "ok")]
     out = rows[["metric", "ratio", "rouge1", "reconstruction"]].sort_values(["metric", "ratio"])
     return pd.concat(
         [pd.DataFrame([{"metric": "original", "ratio": None, "rouge1": 1.0, "reconstruction": truth[trial]}]), out],
@@ -226,10 +211,10 @@ def null_dim_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
 
 
 # --- cell statistics and guidelines (stats.summary rows) ------------------------------------------------------------
-def protected_share(summary: pd.DataFrame, level: str, attack: str) -> plt.Figure:
+def protected_share(summary: pd.DataFrame, level: str, attack: str, cfg: Guidelines) -> plt.Figure:
     """Per architecture: the protected share of `attack`'s trials at `level` vs ratio, one line per metric, with its
-    Wilson interval as error bars (mask-aware attacker, own mask, index ties, untrained victim)."""
-    rows = main_trials(summary[summary.attack == attack])
+    Wilson interval as error bars (the attacker and victim the guidelines read)."""
+    rows = main_trials(summary[summary.attack == attack], cfg)
     archs = sorted(rows.arch.unique())
     fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.2 * max(len(archs), 1), 3.4), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=False):

@@ -4,8 +4,8 @@ A row = the trial's grid point (`grid.Trial`) + its dataset + what the trial mea
 cached) + the HE cost of its ratio (`Cost`). The column set is derived from those three definitions. `Outcome` is
 also the schema every cache entry is checked against before it is trusted.
 
-Also here: the success column per modality, the main cell filter (mask-aware attacker, own mask), the sweep stage's
-metrics and plot data, and the compact encoding of reconstructed images kept in the table.
+Also here: the success column per modality, the main cell filter (the attacker and victim the guidelines read),
+the sweep stage's metrics and plot data, and the compact encoding of reconstructed images kept in the table.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from selenc.config import ARCH_MODALITY
 from selenc.grid import Trial
+from selenc.settings import ARCH_MODALITY, Guidelines
 
 STATUSES = ("ok", "error", "timeout")
 
@@ -112,25 +112,39 @@ def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return ok
 
 
-def main_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """The realistic attacker against the untrained victim's own mask: mask-aware threat model, own mask source, index
-    ties (the other grid axes are compared against these trials on the same samples)."""
-    main = (table.threat_model == "mask_aware") & (table.mask_source == "own") & (table.ties == "index")
-    return table[main & (table.victim == "untrained")]
+def main_trials(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """The rows of the attacker and victim the guidelines read (`guidelines.threat_model`, `mask_source`, `ties`,
+    `victim`: by default the mask-aware attacker of the untrained victim's own mask with index ties). Figures, stage
+    metrics and comparisons read the same rows; the other grid axes are compared against these on the same samples."""
+    main = (table.threat_model == cfg.threat_model) & (table.mask_source == cfg.mask_source) & (table.ties == cfg.ties)
+    return table[main & (table.victim == cfg.victim)]
 
 
-def plot_data(table: pd.DataFrame, arch: str) -> pd.DataFrame:
-    """Mean attack success per (attack, metric, ratio), mask-aware and own mask: the data of `dvc plots`."""
+def both_victims(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFrame:
+    """Finished rows of the attacker, mask source and ties the guidelines read, on both victims, over the attacks,
+    metrics and ratios run on the trained one (empty when none ran on it)."""
     col, _ = success_column(arch)
-    return main_trials(finite(table, col)).groupby(["attack", "metric", "ratio"], as_index=False)[col].mean().round(4)
+    ok = finite(table, col)
+    ok = ok[(ok.threat_model == cfg.threat_model) & (ok.mask_source == cfg.mask_source) & (ok.ties == cfg.ties)]
+    trained = ok[ok.victim == "trained"]
+    ran = ok.attack.isin(trained.attack.unique()) & ok.metric.isin(trained.metric.unique())
+    return ok[ran & ok.ratio.isin(trained.ratio.unique())]
 
 
-def stage_metrics(table: pd.DataFrame, arch: str) -> dict:
-    """The sweep stage's metrics JSON: trial counts and mean attack success per attack, metric and ratio
-    (mask-aware, own mask), so `dvc metrics diff` / `dvc exp show` compare experiments cell by cell."""
+def plot_data(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFrame:
+    """Mean attack success per (attack, metric, ratio) of `main_trials`: the data of `dvc plots`."""
+    col, _ = success_column(arch)
+    return (
+        main_trials(finite(table, col), cfg).groupby(["attack", "metric", "ratio"], as_index=False)[col].mean().round(4)
+    )
+
+
+def stage_metrics(table: pd.DataFrame, arch: str, cfg: Guidelines) -> dict:
+    """The sweep stage's metrics JSON: trial counts and mean attack success per attack, metric and ratio of
+    `main_trials`, so `dvc metrics diff` / `dvc exp show` compare experiments cell by cell."""
     col, _ = success_column(arch)
     out: dict = {"trials": len(table), "not_ok": int((table.status != "ok").sum()), col: {}}
-    for r in plot_data(table, arch).itertuples():
+    for r in plot_data(table, arch, cfg).itertuples():
         out[col].setdefault(r.attack, {}).setdefault(r.metric, {})[f"r{r.ratio:g}"] = round(float(getattr(r, col)), 4)
     return out
 

@@ -1,7 +1,8 @@
 """Significance metrics: one score per coordinate of the flat update; the highest scores get encrypted.
 
-Each metric is one function `(ClientView) -> scores (n,)` registered in `METRICS`; adding a metric is one function
-plus one entry. Everything a metric uses is the client's own: its model, batch, update and seeds.
+Each metric is one function `(ClientView) -> scores (n,)` registered in `METRICS`, the one declaration of the metric
+names params may use (`config` validates grids against it); adding a metric is one function plus one entry.
+Everything a metric uses is the client's own: its model, batch, update and seeds.
 
 - `random`: seeded uniform scores (the baseline).
 - `magnitude` |g|, `weight` |θ|, `saliency` |θ·g|.
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.config import Significance, Update, derive_seed
 from selenc.gradients import FlatLayout, at_input, client_update, continuous_input, update_jvp
 from selenc.models import Batch, Victim
+from selenc.settings import Significance, Update, derive_seed
 
 
 @dataclass
@@ -211,9 +212,9 @@ METRICS: dict[str, Callable[[ClientView], torch.Tensor]] = {
 # others rank independently of the data (random, weight, layer_*), give zero-gradient coordinates a positive score
 # (distance: a random input's gradient is non-zero where the client's is zero; sensitivity and hessian, estimated,
 # measured so on BERT) or non-zero ones a zero score (saliency |w·g| where a weight is 0). The attacker reads only
-# these; tests/test_significance.py checks the property on real batches. tests/test_significance.py
-# checks the split on real batches.
+# these; tests/test_significance.py checks the split on real batches.
 SUPPORT_REVEALING = frozenset({"magnitude", "embedding_rows"})
+NEEDS_TOKEN_EMBEDDING = frozenset({"embedding_rows"})  # metrics a model without one (an image model) cannot use
 
 
 def client_scores(

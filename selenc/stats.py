@@ -21,9 +21,9 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from selenc.config import ARCH_MODALITY, PrivacyLevel
-from selenc.grid import Trial
-from selenc.results import PSNR_CAP, SUCCESS
+from selenc.grid import Trial, effective_metric
+from selenc.results import PSNR_CAP, SUCCESS, finite
+from selenc.settings import ARCH_MODALITY, PrivacyLevel
 
 CELL = [f.name for f in dataclasses.fields(Trial) if f.name != "trial"]  # a grid point minus its sample
 STRONGEST = "strongest"  # the attack name of the strongest-attacker rows
@@ -133,6 +133,12 @@ def holm(pvalues: pd.Series) -> pd.Series:
     return pd.Series(multipletests(pvalues.to_numpy(), method="holm")[1], index=pvalues.index)
 
 
+GAPS = {  # name: (column, better, worse): success under `better` minus under `worse`, same samples (`paired_gap`)
+    "zero_fill_gap": ("threat_model", "mask_aware", "zero_fill"),
+    "shared_mask_gap": ("mask_source", "shared", "own"),
+    "decoy_gap": ("ties", "decoys", "index"),
+    "trained_gap": ("victim", "trained", "untrained"),
+}
 BASELINE = "random"  # the metric every other one is tested against where it ran (`paired_metrics`)
 
 
@@ -208,3 +214,65 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[float
     half = sps.norm.ppf(0.5 + CONFIDENCE / 2) / np.sqrt(n - 4)  # one variable controlled: n - 3 - 1
     z_r = np.arctanh(np.clip(partial, -0.999999, 0.999999))
     return partial, int(n), float(np.tanh(z_r - half)), float(np.tanh(z_r + half))
+
+
+# --- the theory's checks read off results tables (T2, T4; the theory stage's own trials or any sweep's) -------------
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length sequences (nan when either is constant)."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman: lengths differ ({a.size} vs {b.size})")
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(sps.spearmanr(a[ok], b[ok]).statistic)
+
+
+def bound_summary(table: pd.DataFrame, tolerance: float) -> dict:
+    """T2: (B1) points checked (finished trials with something encrypted and a comparable output), violations beyond
+    `tolerance`, and the median tightness bound / error."""
+    rows = table[(table.status == "ok") & (table.k > 0) & table.b1_error.notna()]
+    bound_, error = rows.b1_bound.astype(float), rows.b1_error.astype(float)
+    violated = bound_ > error * (1 + tolerance) + 1e-12
+    tight = (bound_ / error)[error > 0]
+    return {
+        "checked": len(rows),
+        "violations": int(violated.sum()),
+        "tightness_median": float(tight.median()) if len(tight) else float("nan"),
+    }
+
+
+def phi_cells(table: pd.DataFrame, success: str) -> pd.DataFrame:
+    """Mean φ(S) and mean attack success per (attack, metric, ratio) cell of `table`'s finished trials (one threat
+    model, mask source, ties and victim: `results.main_trials`).
+
+    ρ = 0 and ρ = 1 are one cell each whatever the metric (`grid.effective_metric`: none / all)."""
+    ok = finite(table, success)
+    ok["metric"] = [effective_metric(m, r) for m, r in zip(ok.metric, ok.ratio, strict=True)]
+    return ok.groupby(["attack", "metric", "ratio"], as_index=False).agg(
+        phi=("phi", "mean"), success=(success, "mean"), trials=("phi", "size")
+    )
+
+
+def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
+    """T4 per attack: Spearman correlation between a cell's φ(S) and its attack success (expected negative)."""
+    cells = phi_cells(table, success)
+    return {attack: spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
+
+
+def phi_given_ratio(table: pd.DataFrame, success: str) -> dict[str, dict]:
+    """T4 beyond the ratio, per attack, over `table`'s finished trials with 0 < ρ < 1: the partial Spearman
+    correlation of φ(S) and success given ρ (with n and a Fisher-z interval), and the Spearman correlation within
+    each ratio (with n and p; omitted where φ or success is constant)."""
+    ok = finite(table, success)
+    ok = ok[(ok.ratio > 0) & (ok.ratio < 1)]
+    out = {}
+    for attack, group in ok.groupby("attack"):
+        r, n, low, high = partial_spearman(group.phi, group[success], group.ratio)
+        per_ratio = {}
+        for ratio, at in group.groupby("ratio"):
+            if len(at) >= 3 and at.phi.nunique() > 1 and at[success].nunique() > 1:
+                res = sps.spearmanr(at.phi, at[success])
+                per_ratio[f"r{ratio:g}"] = {"spearman": float(res.statistic), "n": len(at), "p": float(res.pvalue)}
+        out[attack] = {"partial_spearman": r, "n": n, "ci": [low, high], "per_ratio": per_ratio}
+    return out

@@ -26,16 +26,14 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
-from scipy import stats
 
 from selenc.attacks.base import Matcher
 from selenc.attacks.text.reading import frame
-from selenc.config import Update
 from selenc.gradients import at_input, continuous_input, functional_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate
+from selenc.settings import Update
 from selenc.significance import ClientView, distance_significance
 
 CHUNK = 64  # directions per vmapped JVP/VJP call: bounds the memory of the batched Jacobian products
@@ -233,17 +231,6 @@ def row_norms(victim: Victim, batch: Batch, cfg: Update, exact: bool = True, sam
         part = torch.func.jvp(f, (x,), (u,))[1].square()
         total = part if total is None else total + part
     return (total / samples).detach()
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equal-length sequences (nan when either is constant)."""
-    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"spearman: lengths differ ({a.size} vs {b.size})")
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float("nan")
-    return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
 # --- T5: effective rank of J_V -----------------------------------------------------------------------------------

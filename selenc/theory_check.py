@@ -18,67 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
 
 from selenc import cache, data, stats, theory
-from selenc.config import ConfigError, Params, SweepArch, TheoryCase, derive_seed, load_params
+from selenc.config import load_params
+from selenc.engine import SweepFailed, run_sweep
 from selenc.gradients import client_update, continuous_input
 from selenc.models import Batch, Victim, build_victim, target_batch
 from selenc.observed import observe
-from selenc.results import finite, main_trials, success_column
+from selenc.results import success_column
 from selenc.selection import top_k_mask
+from selenc.settings import ConfigError, Params, SweepArch, TheoryCase, derive_seed
 from selenc.significance import ClientView, far_field, scores
-from selenc.sweep import SweepFailed, run_sweep
-
-
-# --- T2 and T4 from results tables (the theory stage's own trials or any sweep's) ----------------------------------
-def bound_summary(table: pd.DataFrame, tolerance: float) -> dict:
-    """T2: (B1) points checked (finished trials with something encrypted and a comparable output), violations beyond
-    `tolerance`, and the median tightness bound / error."""
-    rows = table[(table.status == "ok") & (table.k > 0) & table.b1_error.notna()]
-    bound_, error = rows.b1_bound.astype(float), rows.b1_error.astype(float)
-    violated = bound_ > error * (1 + tolerance) + 1e-12
-    tight = (bound_ / error)[error > 0]
-    return {
-        "checked": len(rows),
-        "violations": int(violated.sum()),
-        "tightness_median": float(tight.median()) if len(tight) else float("nan"),
-    }
-
-
-def phi_cells(table: pd.DataFrame, success: str) -> pd.DataFrame:
-    """Mean φ(S) and mean attack success per (attack, metric, ratio) cell of the mask-aware, own-mask trials.
-
-    ρ = 0 and ρ = 1 are one cell each whatever the metric (the mask does not depend on it there)."""
-    ok = finite(main_trials(table), success)
-    ok["metric"] = np.where(ok.ratio == 0, "none", np.where(ok.ratio == 1, "all", ok.metric))
-    return ok.groupby(["attack", "metric", "ratio"], as_index=False).agg(
-        phi=("phi", "mean"), success=(success, "mean"), trials=("phi", "size")
-    )
-
-
-def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
-    """T4 per attack: Spearman correlation between a cell's φ(S) and its attack success (expected negative)."""
-    cells = phi_cells(table, success)
-    return {attack: theory.spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
-
-
-def phi_given_ratio(table: pd.DataFrame, success: str) -> dict[str, dict]:
-    """T4 beyond the ratio, per attack, over the mask-aware own-mask trials with 0 < ρ < 1: the partial Spearman
-    correlation of φ(S) and success given ρ (with n and a Fisher-z interval), and the Spearman correlation within
-    each ratio (with n and p; omitted where φ or success is constant)."""
-    ok = finite(main_trials(table), success)
-    ok = ok[(ok.ratio > 0) & (ok.ratio < 1)]
-    out = {}
-    for attack, group in ok.groupby("attack"):
-        r, n, low, high = stats.partial_spearman(group.phi, group[success], group.ratio)
-        per_ratio = {}
-        for ratio, at in group.groupby("ratio"):
-            if len(at) >= 3 and at.phi.nunique() > 1 and at[success].nunique() > 1:
-                res = spearmanr(at.phi, at[success])
-                per_ratio[f"r{ratio:g}"] = {"spearman": float(res.statistic), "n": len(at), "p": float(res.pvalue)}
-        out[attack] = {"partial_spearman": r, "n": n, "ci": [low, high], "per_ratio": per_ratio}
-    return out
 
 
 # --- the theory stage: T1-T5 on the cases of params.theory --------------------------------------------------------
@@ -95,10 +45,7 @@ def case_params(params: Params, case: TheoryCase) -> Params:
         victims=["untrained"],
         trials=case.trials,
     )
-    attacks = params.attacks
-    attack_cfg = getattr(attacks, case.attack, None)
-    if attack_cfg is not None:  # token_leakage is analytic: nothing to shorten
-        attacks = attacks.model_copy(update={case.attack: attack_cfg.model_copy(update={"steps": case.steps})})
+    attacks = params.attacks.with_steps(case.attack, case.steps)  # an analytic attack has no steps: unchanged
     sweep = params.sweep.model_copy(
         update={case.arch: grid, "bound_grid": params.theory.grid, "bound_iters": params.theory.power_iters}
     )
@@ -159,7 +106,7 @@ def _informative_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman over the coordinates where a or b is non-zero: coordinates that are exactly 0 in both (a text model's
     embedding rows of absent tokens, dead ReLU units) are one giant tie that would inflate the correlation."""
     keep = (a != 0) | (b != 0)
-    return theory.spearman(a[keep].cpu(), b[keep].cpu())
+    return stats.spearman(a[keep].cpu(), b[keep].cpu())
 
 
 def rank_table(view: ClientView, masks: dict, tolerance: float) -> pd.DataFrame:
@@ -209,11 +156,11 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
             ranks.append(rank_table(view, masks, th.null_tolerance).assign(case=label))
         col, _ = success_column(case.arch)
         per_case[label] = {
-            "t2": bound_summary(table, th.tolerance),
+            "t2": stats.bound_summary(table, th.tolerance),
             "t3_far_spearman": corr["far"],
             "t3_near_spearman": corr["near"],
-            "t4_spearman": phi_spearman(table, col)[case.attack],
-            "t4": phi_given_ratio(table, col).get(case.attack, {"partial_spearman": None, "per_ratio": {}}),
+            "t4_spearman": stats.phi_spearman(table, col)[case.attack],
+            "t4": stats.phi_given_ratio(table, col).get(case.attack, {"partial_spearman": None, "per_ratio": {}}),
         }
     trials, identity_df = pd.concat(tables, ignore_index=True), pd.concat(identity, ignore_index=True)
     trials.to_csv(out_dir / "trials.csv", index=False)
@@ -221,7 +168,7 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
     pd.concat(fields, ignore_index=True).to_csv(out_dir / "fields.csv", index=False)
     rank_df = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame(columns=["metric", "ratio", "case"])
     rank_df.to_csv(out_dir / "ranks.csv", index=False)
-    t2 = bound_summary(trials, th.tolerance)
+    t2 = stats.bound_summary(trials, th.tolerance)
     metrics = {
         "t1_max_rel_err": float(identity_df.rel_err.max()),
         "t2_checked": t2["checked"],

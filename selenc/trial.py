@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from selenc.attacks import BATCHED, VECTORISED, AttackResult
-from selenc.config import Params, derive_seed
 from selenc.gradients import FlatLayout, client_update
 from selenc.grid import Trial
 from selenc.metrics import image_scores, text_scores
@@ -30,6 +29,7 @@ from selenc.models import Batch, Victim, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
 from selenc.selection import decoy_key, make_mask
+from selenc.settings import Params, derive_seed
 from selenc.significance import ClientView, client_scores
 from selenc.theory import bound, phi, significance, text_point
 
@@ -110,8 +110,7 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         "attack_s": result.seconds,
     }
     if victim.modality == "image":
-        scores = image_scores(result.images, batch.inputs, result.labels, batch.labels)
-        out |= {k: v for k, v in scores.items() if k in Outcome.model_fields}
+        out |= measured(image_scores(result.images, batch.inputs, result.labels, batch.labels))
         out["reconstruction"] = encode_images(result.images)
     else:
         ids = [
@@ -121,8 +120,7 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         special = set(victim.tokenizer.all_special_ids)
         true_ids = [[t for t in seq if t not in special] for seq in ids]
         truth = [victim.tokenizer.decode(seq) for seq in true_ids]
-        scores = text_scores(result.texts, truth, result.token_ids, true_ids)
-        out |= {k: v for k, v in scores.items() if k in Outcome.model_fields}
+        out |= measured(text_scores(result.texts, truth, result.token_ids, true_ids))
         out["label_acc"] = float((result.labels.cpu().sort().values == batch.labels.cpu().sort().values).float().mean())
         out["reconstruction"] = " || ".join(result.texts)
     # (B1) at the attack's output, on the client's side (true labels; text: only when the recovered length matches)
@@ -136,6 +134,16 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         out |= b1.as_row()
     out["trial_s"] = prepared.seconds + result.seconds + time.perf_counter() - start
     return Outcome(**out)
+
+
+def measured(scores: dict) -> dict:
+    """A metrics function's scores as row columns: every score must have its column in `Outcome` (a renamed or new
+    score fails here, never vanishes); `order`, the matching of reconstructions to samples, is not a column."""
+    columns = {k: v for k, v in scores.items() if k != "order"}
+    unknown = sorted(set(columns) - set(Outcome.model_fields))
+    if unknown:
+        raise ValueError(f"scores {unknown} have no column in the results row; add them to results.Outcome")
+    return columns
 
 
 def failure(exc: BaseException) -> Outcome:
@@ -163,7 +171,7 @@ def _attack_group(group: list[Trial], params: Params, victim: Victim, uploads: d
             results = BATCHED[name](
                 [p.observed for _, p in ready],
                 victim,
-                getattr(params.attacks, name, None),
+                params.attacks.of(name),
                 [p.trial.threat_model for _, p in ready],
                 [p.seed for _, p in ready],
             )

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from selenc.config import Params, load_params, parse_params
+from selenc.config import load_params, parse_params
+from selenc.settings import Params
 
 REPO = Path(__file__).resolve().parent.parent
 

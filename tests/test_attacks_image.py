@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from selenc import data
+from selenc.attacks import ATTACKS, BATCHED, MODALITY, VECTORISED
 from selenc.attacks.base import Matcher
-from selenc.attacks.image import ATTACKS, BATCHED, random_images, recover_labels
+from selenc.attacks.image.labels import recover_labels
+from selenc.attacks.image.matching import random_images
 from selenc.gradients import client_update
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
@@ -18,7 +20,12 @@ from selenc.selection import top_k, top_k_mask
 from selenc.theory import float64
 from tests.conftest import with_changes
 
-TINY = {"attacks.dlg.steps": 4, "attacks.idlg.steps": 4, "attacks.ig.steps": 4, "attacks.ig.restarts": 2}
+TINY = {
+    "attacks.image.dlg.steps": 4,
+    "attacks.image.idlg.steps": 4,
+    "attacks.image.ig.steps": 4,
+    "attacks.image.ig.restarts": 2,
+}
 CIFAR = data.target_images("cifar10")
 SENTINEL = 12345.678
 
@@ -33,7 +40,7 @@ def random_mask(n: int, ratio: float, seed: int = 0) -> torch.Tensor:
 
 
 def run(name, observed, victim, params, threat_model="mask_aware", seed=3):
-    return ATTACKS[name](observed, victim, getattr(params.attacks, name), threat_model, seed)
+    return ATTACKS[name](observed, victim, params.attacks.of(name), threat_model, seed)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,8 +51,9 @@ def tiny(raw_params):
     return with_changes(raw_params, **TINY)
 
 
-def test_registry():
-    assert set(ATTACKS) == {"dlg", "idlg", "ig"}
+def test_registry_declares_the_image_attacks_each_vectorised():
+    image = {a for a, m in MODALITY.items() if m == "image"}
+    assert image == {"dlg", "idlg", "ig", "linear"} and image <= VECTORISED & set(ATTACKS) & set(BATCHED)
 
 
 @pytest.mark.parametrize("arch", ["lenet", "cnn"])
@@ -64,7 +72,7 @@ def test_valid_and_reproducible(victims, tiny, arch, threat_model, name):
     assert first.labels.shape == (2,) and first.labels.dtype == torch.long
     assert ((first.labels >= 0) & (first.labels < victim.num_classes)).all()
     assert first.losses and all(np.isfinite(first.losses)) and first.seconds > 0 and not first.info["blind"]
-    assert len(first.info["restart_losses"]) == getattr(tiny.attacks, name).restarts
+    assert len(first.info["restart_losses"]) == tiny.attacks.of(name).restarts
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert first.losses == again.losses
     assert not torch.equal(first.images, other.images)
@@ -194,7 +202,7 @@ def test_all_zero_visible_values_at_a_partial_mask_match_the_support(victims, ra
     yet the mask shows where the update is non-zero. The mask-aware attack matches that support (not its prior): its
     objective falls and its answer depends on the client; withholding the metric leaves IG blind."""
     victim = victims["cnn"]
-    params = with_changes(raw_params, **{f"attacks.{name}.steps": 30, f"attacks.{name}.restarts": 1})
+    params = with_changes(raw_params, **{f"attacks.image.{name}.steps": 30, f"attacks.image.{name}.restarts": 1})
     results = []
     for i in (4, 5):
         batch = batch_of(victim, i)
@@ -216,7 +224,7 @@ def test_dlg_runs_on_tiny_visible_values(victims, raw_params):
     """A magnitude mask leaves only the smallest values visible; DLG must still run its iterations, not stop at once
     on L-BFGS's absolute tolerances."""
     victim = victims["lenet"]
-    params = with_changes(raw_params, **{"attacks.dlg.steps": 40})
+    params = with_changes(raw_params, **{"attacks.image.dlg.steps": 40})
     batch = batch_of(victim, 0)
     update = observe_client(victim, batch, params.update).zero_filled()
     observed = observe_client(victim, batch, params.update, top_k_mask(update.abs(), 0.9))
@@ -249,7 +257,7 @@ def test_batched_trials_equal_one_at_a_time(victims, raw_params, arch, name):
     the same labels, losses and images to 1e-6 after 25 steps in float64 (in float32 the batched kernels' round-off,
     amplified by the optimisers on the ReLU CNN, moves images by up to ~0.06), a blind trial its prior."""
     victim, _ = float64(victims[arch], batch_of(victims[arch], 0))
-    params = with_changes(raw_params, **{f"attacks.{name}.steps": 25, f"attacks.{name}.restarts": 2})
+    params = with_changes(raw_params, **{f"attacks.image.{name}.steps": 25, f"attacks.image.{name}.restarts": 2})
     n = victim.num_parameters()
     masks = [random_mask(n, 0.0), random_mask(n, 0.3, seed=1), random_mask(n, 0.6, seed=2), random_mask(n, 1.0)]
     batches = [batch_of(victim, i) for i in range(len(masks))]
@@ -257,7 +265,7 @@ def test_batched_trials_equal_one_at_a_time(victims, raw_params, arch, name):
     updates = [client_update(victim, Batch(b.inputs.double(), b.labels), params.update) for b in batches]
     observed = [observe(victim, u, m, 1, params.update, *h) for u, m, h in zip(updates, masks, how, strict=True)]
     threats, seeds = ["mask_aware", "zero_fill", "mask_aware", "mask_aware"], [5, 6, 7, 8]
-    cfg = getattr(params.attacks, name)
+    cfg = params.attacks.of(name)
     together = BATCHED[name](observed, victim, cfg, threats, seeds)
     for i, result in enumerate(together):
         alone = BATCHED[name]([observed[i]], victim, cfg, [threats[i]], [seeds[i]])[0]

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from selenc import data
+from selenc.attacks import ATTACKS, BATCHED, MODALITY, VECTORISED
 from selenc.attacks.base import Matcher
-from selenc.attacks.text import ATTACKS, BATCHED, optimise
+from selenc.attacks.text import embedding
 from selenc.attacks.text.decoding import proposal
+from selenc.attacks.text.lamp import polish
 from selenc.attacks.text.objective import Distance
-from selenc.attacks.text.optimise import polish
 from selenc.attacks.text.reading import SeenRows, label_candidates, leakage, sequence_length
 from selenc.attacks.text.token_leakage import token_leakage
 from selenc.gradients import FlatLayout, client_update
@@ -20,13 +21,13 @@ from tests.conftest import with_changes
 
 TEXT = ["bert", "gpt2"]
 TINY = {
-    "attacks.tag.steps": 3,
-    "attacks.tag.restarts": 1,
-    "attacks.lamp.steps": 4,
-    "attacks.lamp.restarts": 1,
-    "attacks.lamp.reorder_every": 2,
-    "attacks.lamp.reorder_candidates": 2,
-    "attacks.lamp.polish": 5,
+    "attacks.text.tag.steps": 3,
+    "attacks.text.tag.restarts": 1,
+    "attacks.text.lamp.steps": 4,
+    "attacks.text.lamp.restarts": 1,
+    "attacks.text.lamp.reorder_every": 2,
+    "attacks.text.lamp.reorder_candidates": 2,
+    "attacks.text.lamp.polish": 5,
 }
 
 
@@ -53,7 +54,7 @@ def inner_tokens(victim, batch) -> list[list[int]]:
 
 
 def run(name, observed, victim, params, threat_model="mask_aware", seed=0):
-    cfg = getattr(params.attacks, name, None)  # None for the analytic attacks
+    cfg = params.attacks.of(name)  # None for the analytic attacks
     return ATTACKS[name](observed, victim, cfg, threat_model, seed)
 
 
@@ -72,8 +73,10 @@ def same(a, b) -> bool:
     return torch.equal(a.labels, b.labels) and a.token_ids == b.token_ids and a.texts == b.texts
 
 
-def test_registry():
-    assert set(ATTACKS) == {"token_leakage", "dager", "tag", "lamp"}
+def test_registry_declares_the_text_attacks_and_how_each_runs_a_batch():
+    text = {a for a, m in MODALITY.items() if m == "text"}
+    assert text == {"token_leakage", "dager", "tag", "lamp"} and text <= set(ATTACKS) & set(BATCHED)
+    assert text & VECTORISED == {"tag", "lamp"}  # the analytic attacks run their trials one by one
 
 
 # --- token leakage ----------------------------------------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_attacks_return_valid_reconstructions(victims, tiny, arch, name, threat_
     assert result.seconds > 0 and result.info["threat_model"] == threat_model
     assert result.info["length"] == batch.inputs.shape[1]
     if name != "token_leakage":
-        assert len(result.losses) >= getattr(tiny.attacks, name).steps
+        assert len(result.losses) >= tiny.attacks.of(name).steps
     if name == "lamp":
         assert result.info["lm_prior"].startswith("none (lm_weight 0)")  # params.yaml: prior off (test_prior.py)
 
@@ -307,7 +310,7 @@ def test_vocabulary_restriction_and_its_fallback(victims, raw_params, arch):
     hidden = run("tag", observe_client(victim, batch, params.update, mask), victim, params)
     assert hidden.info["vocab"] == "full (embedding rows encrypted)"
     assert hidden.info["vocab_size"] == victim.model.get_input_embeddings().num_embeddings
-    off = with_changes(raw_params, **TINY, **{"attacks.lamp.restrict_vocab": False})
+    off = with_changes(raw_params, **TINY, **{"attacks.text.lamp.restrict_vocab": False})
     assert run("lamp", observed, victim, off).info["vocab"] == "full (restrict_vocab off)"
 
 
@@ -341,8 +344,8 @@ def test_batched_equals_one_at_a_time(victims, raw_params, arch, name, monkeypat
     discrete phases compare distances that can tie to round-off, so there the losses are compared up to the first
     phase and the decoded tokens as a multiset (the order may differ where two reorderings score alike)."""
     victim = victims[arch]
-    params = with_changes(raw_params, **(TINY | {f"attacks.{name}.restarts": 2}))
-    cfg = getattr(params.attacks, name)
+    params = with_changes(raw_params, **(TINY | {f"attacks.text.{name}.restarts": 2}))
+    cfg = params.attacks.of(name)
     observed, threats = [], ["mask_aware", "zero_fill", "mask_aware"]
     for i, start in enumerate((0, 1, 2)):
         batch = victim.text_batch(sentences(1, start))
@@ -353,7 +356,7 @@ def test_batched_equals_one_at_a_time(victims, raw_params, arch, name, monkeypat
     lengths = {victim.text_batch(sentences(1, s)).inputs.shape[1] for s in (0, 1, 2)}
     assert len(lengths) > 1, "the batch mixes lengths, so its rows are padded"
     eager = BATCHED[name](observed, victim, cfg, threats, [3, 4, 5])
-    monkeypatch.setitem(optimise.VECTORISE, "cpu", True)
+    monkeypatch.setitem(embedding.VECTORISE, "cpu", True)
     vectorised = BATCHED[name](observed, victim, cfg, threats, [3, 4, 5])
     monkeypatch.undo()
     for i in range(3):

@@ -5,19 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from selenc.config import (
-    ARCH_MODALITY,
-    ATTACK_MODALITY,
-    DATASET_MODALITY,
-    METRICS,
-    SEAL_MAX_BITS,
-    ConfigError,
-    Params,
-    derive_seed,
-    load_params,
-    parse_params,
-)
+from selenc.attacks import MODALITY as ATTACK_MODALITY
+from selenc.config import load_params, parse_params
 from selenc.data import TARGET_POOL
+from selenc.settings import ARCH_MODALITY, DATASET_MODALITY, SEAL_MAX_BITS, ConfigError, Params, derive_seed
+from selenc.significance import METRICS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +32,7 @@ def _set(raw: dict, dotted: str, value) -> dict:
     *parents, leaf = dotted.split(".")
     node = raw
     for key in parents:
-        node = node[key]
+        node = node[int(key)] if isinstance(node, list) else node[key]
     if value is DELETE:
         del node[leaf]
     else:
@@ -85,8 +77,13 @@ BAD = [
     ("sweep.cnn.ratios", [-0.1], ["sweep.cnn.ratios.0:", "greater than or equal to 0", "-0.1"]),
     ("sweep.bert.ratios", [], ["sweep.bert.ratios:", "at least 1 item", "[]"]),
     ("sweep.gpt2.ratios", [0.1, 0.1], ["sweep.gpt2.ratios:", "duplicate entries ['0.1']"]),
-    ("sweep.lenet.metrics", ["magnitude", "gradnorm"], ["sweep.lenet.metrics.1:", "'random'", "'gradnorm'"]),
-    ("sweep.cnn.attacks", ["deepleak"], ["sweep.cnn.attacks.0:", "'dlg'", "'deepleak'"]),
+    (
+        "sweep.lenet.metrics",
+        ["magnitude", "gradnorm"],
+        ["sweep.lenet.metrics.1: 'gradnorm' is not a significance metric", "allowed: random, magnitude"],
+    ),
+    ("sweep.cnn.attacks", ["deepleak"], ["sweep.cnn.attacks.0: 'deepleak' is not an attack", "allowed: dlg, idlg"]),
+    ("theory.cases.0.attack", "deepleak", ["theory.cases.0.attack: 'deepleak' is not an attack", "dlg"]),
     (
         "sweep.lenet.attacks",
         ["dlg", "tag"],
@@ -97,7 +94,7 @@ BAD = [
         ["ig"],
         [
             "sweep.bert.attacks: 'ig' is an image attack and bert is a text model",
-            "allowed: token_leakage, dager, tag, lamp",
+            "allowed: tag, lamp, token_leakage, dager",
         ],
     ),
     (
@@ -216,6 +213,31 @@ def test_every_metric_and_attack_name_is_accepted_where_it_fits(raw):
     assert p.sweep.bert.metrics == list(METRICS)
 
 
+def test_the_registries_are_the_names_params_accept(raw, monkeypatch):
+    """One declaration per name: a metric or attack registered by the code that implements it is accepted by params
+    with no edit to config, and one taken out of its registry is refused."""
+    from selenc import config
+
+    raw["sweep"]["lenet"]["metrics"] = ["magnitude", "fresh_metric"]
+    with pytest.raises(ConfigError, match="'fresh_metric' is not a significance metric"):
+        parse_params(copy.deepcopy(raw))
+    monkeypatch.setitem(config.METRICS, "fresh_metric", config.METRICS["magnitude"])
+    assert parse_params(copy.deepcopy(raw)).sweep.lenet.metrics == ["magnitude", "fresh_metric"]
+    monkeypatch.delitem(config.ATTACK_MODALITY, "linear")
+    with pytest.raises(ConfigError, match=r"sweep\.lenet\.attacks\.1: 'linear' is not an attack"):
+        parse_params(raw)
+
+
+def test_attack_knobs_sit_under_the_modality_of_their_attack(params):
+    """params.yaml's attack sections per modality hold only attacks of that modality (the sweeps list only theirs)."""
+    for modality in ("image", "text"):
+        names = type(getattr(params.attacks, modality)).model_fields
+        assert names and all(ATTACK_MODALITY[a] == modality for a in names)
+        assert all(params.attacks.of(a) is getattr(getattr(params.attacks, modality), a) for a in names)
+    assert params.attacks.of("dager") is None and params.attacks.with_steps("dager", 3) == params.attacks
+    assert params.attacks.with_steps("tag", 3).text.tag.steps == 3 and params.attacks.text.tag.steps != 3
+
+
 def test_derive_seed_is_stable_and_separates_purposes():
     assert derive_seed(0, "model", "lenet") == derive_seed(0, "model", "lenet")
     seeds = {derive_seed(s, "model", a) for s in range(3) for a in ARCH_MODALITY}
@@ -227,7 +249,7 @@ def test_paper_scale_params_are_valid_and_larger(params):
     from pathlib import Path
 
     paper = load_params(Path(__file__).resolve().parent.parent / "params-paper.yaml")
-    assert paper.models.gpt2.n_embd == 768 and paper.attacks.ig.steps > params.attacks.ig.steps
+    assert paper.models.gpt2.n_embd == 768 and paper.attacks.image.ig.steps > params.attacks.image.ig.steps
     assert all(len(getattr(paper.sweep, a).ratios) > len(getattr(params.sweep, a).ratios) for a in ARCH_MODALITY)
 
 

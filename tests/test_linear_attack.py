@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from selenc.attacks import ATTACKS, BATCHED, VECTORISED
-from selenc.attacks.image import random_images, recover_labels
-from selenc.attacks.linear import read_features
+from selenc.attacks.image.labels import recover_labels
+from selenc.attacks.image.linear import read_features
+from selenc.attacks.image.matching import random_images
 from selenc.gradients import client_update
 from selenc.metrics import image_scores
 from selenc.models import Batch, target_batch
@@ -40,7 +41,7 @@ def fc_mask(observed, weight: bool, bias: bool) -> torch.Tensor:
 
 def with_changes_steps(params, steps: int):
     """The default linear attack with `steps` iterations."""
-    return params.attacks.linear.model_copy(update={"steps": steps})
+    return params.attacks.image.linear.model_copy(update={"steps": steps})
 
 
 def read(observed, victim, threat_model="mask_aware"):

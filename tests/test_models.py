@@ -6,9 +6,9 @@ from safetensors import safe_open
 from torch import nn
 
 from selenc import data
-from selenc.config import ARCH_MODALITY
 from selenc.gradients import client_update
 from selenc.models import LeNet, build_victim, resolve_device
+from selenc.settings import ARCH_MODALITY
 from tests.conftest import with_changes
 
 

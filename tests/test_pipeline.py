@@ -47,8 +47,9 @@ def tiny_params(raw: dict) -> dict:
     raw["sweep"].update(bound_grid=2, bound_iters=1)
     raw["significance"]["samples"] = 1
     raw["models"]["cnn"]["pretrain"].update(epochs=1, samples=64)
-    for attack in ("dlg", "idlg", "ig", "linear", "tag", "lamp"):
-        raw["attacks"][attack].update(steps=3, restarts=1)
+    for group in raw["attacks"].values():
+        for knobs in group.values():
+            knobs.update(steps=3, restarts=1)
     raw["theory"].update(grid=2, power_iters=1, samples=2)
     for case in raw["theory"]["cases"]:
         case.update(steps=2, trials=1, metrics=case["metrics"][:2], ratios=[0.0, 0.5])

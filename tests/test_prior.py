@@ -11,17 +11,18 @@ import pytest
 import torch
 
 from selenc import data
-from selenc.attacks.text import ATTACKS, prior
-from selenc.config import ConfigError
+from selenc.attacks import ATTACKS
+from selenc.attacks.text import prior
 from selenc.observed import observe_client
+from selenc.settings import ConfigError
 from tests.conftest import REPO, with_changes
 
 TINY = {  # a few steps: the tests check the wiring, the benchmark the strength
-    "attacks.lamp.steps": 4,
-    "attacks.lamp.restarts": 1,
-    "attacks.lamp.reorder_every": 2,
-    "attacks.lamp.reorder_candidates": 2,
-    "attacks.lamp.polish": 30,
+    "attacks.text.lamp.steps": 4,
+    "attacks.text.lamp.restarts": 1,
+    "attacks.text.lamp.reorder_every": 2,
+    "attacks.text.lamp.reorder_candidates": 2,
+    "attacks.text.lamp.polish": 30,
 }
 
 
@@ -79,14 +80,14 @@ def test_a_texts_score_does_not_depend_on_its_batch(lm):
 
 def lamp(victim, params, seed=0):
     observed = observe_client(victim, victim.text_batch(data.target_sentences()[:1]), params.update)
-    return ATTACKS["lamp"](observed, victim, params.attacks.lamp, "mask_aware", seed)
+    return ATTACKS["lamp"](observed, victim, params.attacks.text.lamp, "mask_aware", seed)
 
 
 def test_lamp_ranks_with_the_prior_when_weighted(victims, raw_params, lm):
     """A heavy prior makes LAMP's discrete search settle on an order the LM prefers over the gradient's own."""
     victim = victims["gpt2"]
-    off = lamp(victim, with_changes(raw_params, **TINY, **{"attacks.lamp.lm_weight": 0.0}))
-    on = lamp(victim, with_changes(raw_params, **TINY, **{"attacks.lamp.lm_weight": 100.0}))
+    off = lamp(victim, with_changes(raw_params, **TINY, **{"attacks.text.lamp.lm_weight": 0.0}))
+    on = lamp(victim, with_changes(raw_params, **TINY, **{"attacks.text.lamp.lm_weight": 100.0}))
     assert on.info["lm_prior"].startswith("SmolLM2-135M-Instruct.Q4_1: ") and "100.0" in on.info["lm_prior"]
     assert off.info["lm_prior"].startswith("none (lm_weight 0)")
     assert sorted(on.token_ids[0]) == sorted(off.token_ids[0]), "the prior reorders, it does not change the bag"
@@ -99,18 +100,19 @@ def test_lm_weight_zero_never_loads_the_model():
         """
         import torch
         from selenc import data
-        from selenc.attacks.text import ATTACKS, prior
+        from selenc.attacks import ATTACKS
+        from selenc.attacks.text import prior
         from selenc.models import build_victim
         from selenc.observed import observe_client
         from tests.conftest import REPO, with_changes
         import yaml
         torch.set_num_threads(1)
         raw = yaml.safe_load((REPO / "params.yaml").read_text())
-        params = with_changes(raw, **{"attacks.lamp.lm_weight": 0.0, "attacks.lamp.steps": 4,
-                                      "attacks.lamp.reorder_every": 2, "attacks.lamp.polish": 3})
+        params = with_changes(raw, **{"attacks.text.lamp.lm_weight": 0.0, "attacks.text.lamp.steps": 4,
+                                      "attacks.text.lamp.reorder_every": 2, "attacks.text.lamp.polish": 3})
         victim = build_victim("gpt2", params)
         observed = observe_client(victim, victim.text_batch(data.target_sentences()[:1]), params.update)
-        ATTACKS["lamp"](observed, victim, params.attacks.lamp, "mask_aware", 0)
+        ATTACKS["lamp"](observed, victim, params.attacks.text.lamp, "mask_aware", 0)
         print("loads:", prior._load.cache_info().currsize)
         """
     )
@@ -121,5 +123,5 @@ def test_lm_weight_zero_never_loads_the_model():
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.2"])
 def test_lm_weight_must_be_a_finite_non_negative_float(raw_params, bad):
-    with pytest.raises(ConfigError, match=r"attacks\.lamp\.lm_weight"):
-        with_changes(raw_params, **{"attacks.lamp.lm_weight": bad})
+    with pytest.raises(ConfigError, match=r"attacks\.text\.lamp\.lm_weight"):
+        with_changes(raw_params, **{"attacks.text.lamp.lm_weight": bad})

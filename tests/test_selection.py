@@ -1,14 +1,11 @@
-"""Masks of exactly ⌈ρ·n⌉ coordinates with deterministic ties; shared masks; what the server observes."""
+"""Masks of exactly ⌈ρ·n⌉ coordinates with deterministic ties; shared masks from real clients."""
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from selenc.gradients import FlatLayout
-from selenc.observed import ObservedUpdate, public_info
 from selenc.selection import budget, decoy_key, normalise, shared_scores, top_k, top_k_mask
 
 
@@ -88,43 +85,6 @@ def test_shared_mask_weighs_clients_equally():
     assert torch.equal(normalise(torch.zeros(4)), torch.full((4,), 0.25, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"differ in length: \[3, 5\]"):
         shared_scores([loud, torch.ones(3)])
-
-
-@pytest.fixture
-def lenet_layout(victims):
-    return FlatLayout.of(victims["lenet"].model)
-
-
-@pytest.fixture
-def public(victims, params):
-    return public_info(victims["lenet"], 1, params.update)
-
-
-def test_observed_update_holds_only_the_visible_values(lenet_layout, public):
-    n = lenet_layout.n
-    update = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    mask = top_k_mask(update.abs(), 0.2)
-    update[mask] = 12345.0  # a sentinel: the hidden values must appear nowhere in the observed view
-    observed = ObservedUpdate.observe(update, mask, lenet_layout, public)
-    assert observed.visible.numel() == n - int(mask.sum())
-    assert torch.equal(observed.visible, update[~mask])
-    for f in dataclasses.fields(observed):
-        value = getattr(observed, f.name)
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            assert not (value == 12345.0).any(), f"hidden values reachable through {f.name}"
-    filled = observed.zero_filled()
-    assert torch.equal(filled[mask], torch.zeros(int(mask.sum())))
-    assert torch.equal(filled[~mask], update[~mask])
-    update[~mask] = 0.0  # the view is a copy: later changes to the client's tensor do not reach it
-    assert observed.visible.abs().sum() > 0
-
-
-def test_observed_update_rejects_mismatched_inputs(lenet_layout, public):
-    n = lenet_layout.n
-    with pytest.raises(ValueError, match=f"flat vector of {n} values"):
-        ObservedUpdate.observe(torch.zeros(n - 1), torch.zeros(n - 1, dtype=torch.bool), lenet_layout, public)
-    with pytest.raises(ValueError, match="mask must be a bool vector"):
-        ObservedUpdate.observe(torch.zeros(n), torch.zeros(n), lenet_layout, public)
 
 
 def test_own_and_shared_masks_from_real_clients(victims, params):

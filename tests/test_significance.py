@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from selenc.config import METRICS as CONFIG_METRICS
 from selenc.gradients import FlatLayout, client_update, update_jvp
 from selenc.models import Batch, Victim
 from selenc.selection import top_k, top_k_mask
@@ -19,10 +18,6 @@ from selenc.significance import (
 )
 from tests.conftest import with_changes
 from tests.test_models import real_batch
-
-
-def test_registry_matches_the_names_params_accept():
-    assert set(METRICS) == set(CONFIG_METRICS)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selenc import compare, stats
+from selenc import stats
 
 
 def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_aware", phi=0.5):
@@ -117,15 +117,3 @@ def test_partial_spearman_removes_what_the_ratio_explains():
     r, _, low, high = stats.partial_spearman(phi, by_phi, ratio)
     assert r < -0.5 and high < 0
     assert np.isnan(stats.partial_spearman(phi, np.ones_like(phi), ratio)[0])
-
-
-def test_comparison_metrics_count_overstated_cells_and_the_support(params):
-    levels = params.guidelines.levels
-    aware = rows("dlg", "magnitude", {0.0: 40.0, 0.3: [30.0, 31, 32, 33, 34], 0.6: 9.0, 1.0: 5.0}, phi=0.2)
-    zero = rows("dlg", "magnitude", {0.3: 10.0, 0.6: 8.0, 1.0: 5.0}, threat_model="zero_fill", phi=0.2)
-    table = pd.DataFrame(aware + zero).assign(label_acc=1.0, support=300, n=1000)
-    out = compare.comparison_metrics(table, "strict", levels, seed=0)["lenet"]
-    assert out["zero_fill_overstated_cells"] == {"overstated": 1, "cells": 2}  # 0.3 overstated, 0.6 protected by both
-    assert out["zero_fill_gap"]["n"] == 10 and out["shared_mask_gap"] is None
-    assert out["support_threshold"] == {"median": 0.3, "min": 0.3, "max": 0.3}
-    assert out["label_acc_unprotected"] == 1.0 and set(out["t4"]) == {"dlg"}

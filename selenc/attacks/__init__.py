@@ -1,29 +1,33 @@
-"""Gradient inversion attacks: name -> function, in two forms.
+"""Gradient inversion attacks: the one declaration of every attack's name and modality, and its two call forms.
 
-- `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial.
+Each modality's package declares its attacks (`image`, `text`): `VECTORISED` (name -> a batch of trials attacked as
+one vectorised optimisation) and `ANALYTIC` (name -> one trial). From those, here:
+
+- `MODALITY[name]`: "image" or "text", the package the attack sits in (config validates grids against it);
 - `BATCHED[name](observed_list, victim, cfg, threat_models, seeds) -> [AttackResult]`: a batch of independent trials
-  (one model). The optimisation attacks (`VECTORISED`: DLG, iDLG, IG in `image`; the linear-layer inversion in
-  `linear`; TAG, LAMP in `text`) run a batch as one vectorised optimisation; the analytic `token_leakage` and `dager`
-  run their trials one after another.
+  (one model); an analytic attack runs its trials one after another;
+- `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial.
 
-cfg is the attack's section of `params.attacks` (None for the analytic `token_leakage` and `dager`). See `base` for the
-threat models.
+cfg is the attack's knobs (`settings.Attacks.of(name)`: None for the analytic `token_leakage` and `dager`). See
+`base` for the threat models.
 """
 
-from selenc.attacks import image, linear, text
-from selenc.attacks.base import AttackResult, Matcher, one_by_one
-from selenc.config import ATTACK_MODALITY
+from collections.abc import Callable
 
-ATTACKS = image.ATTACKS | linear.ATTACKS | text.ATTACKS
-VECTORISED = frozenset(image.BATCHED) | frozenset(linear.BATCHED) | frozenset(text.BATCHED)
-BATCHED = (
-    image.BATCHED
-    | linear.BATCHED
-    | text.BATCHED
-    | {name: one_by_one(ATTACKS[name]) for name in ATTACKS if name not in VECTORISED}
-)
+from selenc.attacks import image, text
+from selenc.attacks.base import AttackResult, Matcher, one_by_one, one_trial
 
-if not set(ATTACKS) == set(BATCHED) == set(ATTACK_MODALITY):  # a registry out of step with the params' names is a bug
-    raise ImportError(f"attack registry {sorted(ATTACKS)} differs from config names {sorted(ATTACK_MODALITY)}")
+_PACKAGES = {"image": image, "text": text}
 
-__all__ = ["ATTACKS", "BATCHED", "VECTORISED", "AttackResult", "Matcher"]
+MODALITY: dict[str, str] = {
+    name: modality for modality, pkg in _PACKAGES.items() for name in [*pkg.VECTORISED, *pkg.ANALYTIC]
+}
+VECTORISED = frozenset(name for pkg in _PACKAGES.values() for name in pkg.VECTORISED)
+BATCHED: dict[str, Callable[..., list[AttackResult]]] = {
+    name: fn for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
+} | {name: one_by_one(fn) for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
+ATTACKS: dict[str, Callable[..., AttackResult]] = {
+    name: one_trial(fn) for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
+} | {name: fn for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
+
+__all__ = ["ATTACKS", "BATCHED", "MODALITY", "VECTORISED", "AttackResult", "Matcher"]

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selenc.config import THREAT_MODELS
 from selenc.gradients import client_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate
+from selenc.settings import THREAT_MODELS, derive_seed
 from selenc.significance import SUPPORT_REVEALING
 
 
@@ -116,6 +116,11 @@ def known_nonzero(observed: ObservedUpdate, boundary: int | None) -> torch.Tenso
     if boundary is not None:
         known[boundary + 1 :] = observed.mask[boundary + 1 :]
     return known
+
+
+def seeded(seed: int, *tags: str | int) -> torch.Generator:
+    """A CPU generator seeded for one purpose of a trial's attack, e.g. `seeded(seed, "init", "dlg", 0)`."""
+    return torch.Generator().manual_seed(derive_seed(seed, *tags))
 
 
 class Timer:

@@ -24,10 +24,10 @@ import itertools
 
 import torch
 
-from selenc.config import THREAT_MODELS
 from selenc.gradients import batch_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate
+from selenc.settings import THREAT_MODELS
 
 DISTANCES = ("l2_l1", "layer_cosine")
 NEGLIGIBLE = 1e-6  # a tensor whose compared target norm is below this share of the largest is round-off

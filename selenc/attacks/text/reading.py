@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from selenc.attacks.base import known_nonzero, mask_boundary
-from selenc.config import THREAT_MODELS
 from selenc.models import Victim
 from selenc.observed import ObservedUpdate
+from selenc.settings import THREAT_MODELS
 
 MAX_LABEL_CANDIDATES = 16  # label multisets probed at most
 ORDER_TOLERANCE = 1e-3  # relative residual under which the position decomposition counts as exact

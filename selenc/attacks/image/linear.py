@@ -17,13 +17,13 @@ shared visible columns (one connected block; a feature is known when some row of
 
 With batch B > 1 the rows mix the samples: row c is (1/B) Σ_i δ_ic h_i, of rank up to B, and no single row or ratio
 is any sample's features (SPEAR and CPA separate them under extra assumptions; not done here). The attacker then
-reads, for each sample, the row of its analytic label (`image.recover_labels`) as above, scaled by that row's bias
+reads, for each sample, the row of its analytic label (`labels.recover_labels`) as above, scaled by that row's bias
 when visible: a δ-weighted mix dominated by that sample when its label is unique in the batch, never exact
 (`info["features"] = "mixed"`). Zero-fill reads hidden entries as 0 and takes them at face value, as the other
 attacks' zero_fill does.
 
 **Step 2, the image.** An optimisation over the stacked (trial, restart) runs, one vectorised objective per call
-(`torch.func`, as in `image`), minimising per run
+(`torch.func`, as in `matching`), minimising per run
 
     feature term + match · gradient distance + TV term,
 
@@ -34,13 +34,13 @@ The features pin the last layer exactly but not the image (LeNet's 768 features 
 random-init features are ill-conditioned), so the gradient matching supplies the conv layers' constraints.
 `optimiser` picks how (`auto`: L-BFGS for a model without ReLU, whose objective is smooth, signed Adam otherwise):
 
-- `lbfgs`: DLG's normalised squared distance (`image.Matching.l2`) + tv_lbfgs · TV, the vectorised L-BFGS of
+- `lbfgs`: DLG's normalised squared distance (`matching.Matching.l2`) + tv_lbfgs · TV, the vectorised L-BFGS of
   `lbfgs` (lr 1), no box during the run (the result is clamped to [0, 1], as DLG's);
-- `adam`: IG's cosine (`image.Matching.cosine`) + tv · TV, IG's optimiser (`image.signed_adam`: signed Adam, step
+- `adam`: IG's cosine (`matching.Matching.cosine`) + tv · TV, IG's optimiser (`adam.signed_adam`: signed Adam, step
   decay, box [0, 1]).
 
 With no features read a run falls back to the gradient distance alone with match 1 (`info["objective"]` as in
-`image`, including its support objective when only zeros are visible), and a trial with nothing visible at all
+`matching`, including its support objective when only zeros are visible), and a trial with nothing visible at all
 returns its seeded prior (`info["blind"]`).
 
 `info` adds: `features` (exact / direction / mixed / none), `features_known` (known features summed over the batch's
@@ -54,17 +54,10 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.attacks.base import AttackResult, Timer, one_trial
-from selenc.attacks.image import (
-    Matching,
-    _generator,
-    _last_layer,
-    _results,
-    _runs,
-    row_objective,
-    signed_adam,
-    total_variation,
-)
+from selenc.attacks.base import AttackResult, Timer, seeded
+from selenc.attacks.image.adam import signed_adam
+from selenc.attacks.image.labels import last_layer
+from selenc.attacks.image.matching import Matching, collect_results, prepare_runs, row_objective, total_variation
 from selenc.attacks.lbfgs import lbfgs
 from selenc.models import Victim, module_input
 from selenc.observed import ObservedUpdate
@@ -94,7 +87,7 @@ def layer_input(victim: Victim, layer: torch.nn.Module) -> Callable[[torch.Tenso
 
 def _non_negative(victim: Victim, layer: torch.nn.Module, shape: tuple[int, ...], seed: int) -> bool:
     """Whether the layer's input is non-negative on seeded noise images (sigmoid, ReLU bodies): a public model fact."""
-    x = torch.rand((8, *shape), generator=_generator(seed, "linear-sign")).to(victim.device)
+    x = torch.rand((8, *shape), generator=seeded(seed, "linear-sign")).to(victim.device)
     with torch.no_grad():
         return bool((layer_input(victim, layer)(x.to(next(victim.model.parameters()).dtype)) >= 0).all())
 
@@ -135,7 +128,7 @@ def read_features(
 ) -> Reading:
     """The last linear layer's input features read from its visible gradient rows (module docstring)."""
     info = observed.public
-    weight, bias = _last_layer(observed, info.num_classes)
+    weight, bias = last_layer(observed, info.num_classes)
     shape = observed.layout.shapes[observed.layout.names.index(weight)]
     gw, sw = observed.rows(weight, shape)
     if bias is not None:
@@ -194,7 +187,7 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
     """Linear-layer inversion on a batch of trials: features read from the last layer, then the image by L-BFGS or
     signed Adam on the feature distance + match · gradient distance + TV."""
     with Timer() as timer:
-        runs, priors = _runs(observed, victim, cfg, threat_models, seeds, "linear")
+        runs, priors = prepare_runs(observed, victim, cfg, threat_models, seeds, "linear")
         readings: dict[int, Reading] = {}
         finals = x = None
         trace: list[torch.Tensor] = []
@@ -215,7 +208,7 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
             norms = runs.target.norm(dim=1)
             support = runs.support if bool(runs.support.any()) else None
             matching = Matching(victim, observed[0])
-            weight_name, _ = _last_layer(observed[0], observed[0].public.num_classes)
+            weight_name, _ = last_layer(observed[0], observed[0].public.num_classes)
             features = layer_input(victim, victim.model.get_submodule(weight_name.rsplit(".", 1)[0]))
 
             def feature_term(x, feat, kn, sc, hs) -> torch.Tensor:
@@ -250,7 +243,7 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
                 objective = row_objective(step, (runs.labels, runs.target, runs.weight, scale, *feature_args, support))
                 flat, finals, steps = lbfgs(objective, runs.x0.reshape(len(runs.trial), -1), cfg.steps, lr=1.0)
                 x, trace = flat.view(runs.x0.shape), list(steps)
-    results = _results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
+    results = collect_results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
     for i, result in enumerate(results):
         reading = readings.get(i)
         result.info.update(
@@ -260,7 +253,3 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
             labels_from="analytic",
         )
     return results
-
-
-BATCHED: dict[str, Callable[..., list[AttackResult]]] = {"linear": linear_batch}
-ATTACKS: dict[str, Callable[..., AttackResult]] = {name: one_trial(fn) for name, fn in BATCHED.items()}

@@ -1,0 +1,381 @@
+"""The shape of the study's parameters: one frozen pydantic section per part of `params.yaml`.
+
+Types, ranges and the protocol's fixed vocabularies (architectures, datasets, threat models, mask sources, ties,
+victims) are checked here, field by field. The open registries, significance metrics and attacks, are declared by
+the code that implements them (`significance.METRICS`, `attacks.MODALITY`); their names are plain strings here and
+`config` checks them against those registries when it loads a params file. Everything below `config` in the layers
+imports its sections from this module; `config.load_params` is the only way a params file becomes a `Params`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# --- the protocol's vocabularies, and the modality of each architecture and dataset --------------------------------
+ARCH_MODALITY: dict[str, str] = {"lenet": "image", "cnn": "image", "bert": "text", "gpt2": "text"}
+DATASET_MODALITY: dict[str, str] = {"mnist": "image", "cifar10": "image", "rotten_tomatoes": "text"}
+THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
+MASK_SOURCES: tuple[str, ...] = ("own", "shared")
+TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
+VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
+MAX_BATCH = 8
+# SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
+SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+# a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
+DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|inproc://\S+")
+
+ImageDataset = Literal["mnist", "cifar10"]
+TextDataset = Literal["rotten_tomatoes"]
+Metric = str  # a name of `significance.METRICS`, checked by `config`
+Attack = str  # a name of `attacks.MODALITY`, checked by `config`
+ThreatModel = Literal[THREAT_MODELS]
+MaskSource = Literal[MASK_SOURCES]
+Ties = Literal[TIES]
+VictimState = Literal[VICTIMS]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+
+
+class ConfigError(ValueError):
+    """Invalid parameters: the message names the key path, the bad value and what is allowed."""
+
+
+class Section(BaseModel):
+    """Base of every params section: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key '{key}'; allowed keys: {allowed}",
+                    {"key": unknown[0], "allowed": ", ".join(cls.model_fields)},
+                )
+        return data
+
+
+def _unique(values: list) -> list:
+    dupes = sorted({str(v) for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate entries {dupes}; each value may appear once")
+    return values
+
+
+def unique_list(item: Any) -> Any:
+    """The type of a non-empty list of distinct `item`s (a sweep axis)."""
+    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
+
+
+def _dask_address(value: str | None) -> str | None:
+    if value is not None and not DASK_ADDRESS.fullmatch(value):
+        raise ValueError(
+            "not a dask scheduler address; allowed: tcp://host:port, tls://host:port, host:port or inproc://..., "
+            "or null to start a LocalCluster"
+        )
+    return value
+
+
+def _reachable(minimum: float, why: str) -> AfterValidator:
+    """A privacy bound that some reconstruction can meet: below `minimum` it would never be met."""
+
+    def check(value: float) -> float:
+        if value < minimum:
+            raise ValueError(f"can never be met: {why}; allowed: >= {minimum:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+# --- sections ----------------------------------------------------------------------------------------------------
+class Study(Section):
+    seed: Annotated[int, Field(ge=0)]
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class Pretrain(Section):
+    epochs: Annotated[int, Field(ge=0)]
+    samples: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+
+
+class LeNet(Section):
+    dataset: ImageDataset
+    init: Literal["uniform", "default"]
+    pretrain: Pretrain
+
+
+class CNN(Section):
+    dataset: ImageDataset
+    width: PosInt
+    depth: Annotated[int, Field(gt=0, le=6)]  # stride-2 blocks after the first: 32 px allows at most 6
+    pretrain: Pretrain
+
+
+class Bert(Section):
+    dataset: TextDataset
+    max_length: Annotated[int, Field(ge=4, le=512)]
+    pretrain: Pretrain
+
+
+class GPT2(Section):
+    dataset: TextDataset
+    n_layer: PosInt
+    n_head: PosInt
+    n_embd: PosInt
+    n_positions: PosInt
+    max_length: Annotated[int, Field(ge=4)]
+    pretrain: Pretrain
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> GPT2:
+        if self.n_embd % self.n_head:
+            raise PydanticCustomError(
+                "shape",
+                "n_embd={n_embd} must be a multiple of n_head={n_head}",
+                {"n_embd": self.n_embd, "n_head": self.n_head},
+            )
+        if self.max_length > self.n_positions:
+            raise PydanticCustomError(
+                "shape",
+                "max_length={m} exceeds n_positions={p}; allowed: max_length <= n_positions",
+                {"m": self.max_length, "p": self.n_positions},
+            )
+        return self
+
+
+class Models(Section):
+    lenet: LeNet
+    cnn: CNN
+    bert: Bert
+    gpt2: GPT2
+
+
+class Update(Section):
+    kind: Literal["fedsgd", "fedavg"]
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)]
+    local_steps: PosInt
+    local_lr: PosFloat
+
+
+class Significance(Section):
+    samples: PosInt
+    distance_q: Literal["far", "near", "path"]
+    near_eps: PosFloat
+    path_lr: PosFloat
+    shared_clients: Annotated[int, Field(ge=2)]
+
+
+class HE(Section):
+    poly_modulus_degree: Literal[4096, 8192, 16384, 32768]
+    coeff_mod_bit_sizes: Annotated[list[Annotated[int, Field(ge=20, le=60)]], Field(min_length=3)]
+    scale_bits: Annotated[int, Field(ge=20, le=60)]
+    max_ciphertexts: PosInt
+    threads: PosInt
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> HE:
+        inner = self.coeff_mod_bit_sizes[1:-1]
+        if any(b != self.scale_bits for b in inner):
+            raise PydanticCustomError(
+                "he",
+                "the inner coeff_mod_bit_sizes {inner} must equal scale_bits={s} (CKKS rescaling)",
+                {"inner": inner, "s": self.scale_bits},
+            )
+        return self
+
+
+class LBFGSAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    restarts: PosInt
+
+
+class IGAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    tv: Annotated[float, Field(ge=0.0)]
+    restarts: PosInt
+
+
+class LinearAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    tv: Annotated[float, Field(ge=0.0)]
+    tv_lbfgs: Annotated[float, Field(ge=0.0)]  # the TV weight with L-BFGS's squared-distance objective
+    match: PosFloat  # weight of the gradient-matching term beside the feature term
+    restarts: PosInt
+    optimiser: Literal["auto", "adam", "lbfgs"]  # auto: L-BFGS for a model without ReLU, signed Adam otherwise
+
+
+class TAGAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    alpha: Annotated[float, Field(ge=0.0)]
+    restarts: PosInt
+    restrict_vocab: bool
+
+
+class LAMPAttack(Section):
+    steps: PosInt
+    lr: PosFloat
+    embedding_reg: Annotated[float, Field(ge=0.0)]
+    reorder_every: PosInt
+    reorder_candidates: PosInt
+    polish: Annotated[int, Field(ge=0)]
+    restarts: PosInt
+    restrict_vocab: bool
+    lm_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]  # LM prior's coefficient; 0: no prior, never loaded
+
+
+class ImageAttacks(Section):
+    dlg: LBFGSAttack
+    idlg: LBFGSAttack
+    ig: IGAttack
+    linear: LinearAttack
+
+
+class TextAttacks(Section):
+    tag: TAGAttack
+    lamp: LAMPAttack
+
+
+class Attacks(Section):
+    """The attacks' knobs, per modality (a sweep stage lists only its modality's). The analytic attacks
+    (token_leakage, dager) have none."""
+
+    image: ImageAttacks
+    text: TextAttacks
+
+    def of(self, name: str) -> Section | None:
+        """The knobs of attack `name`, None for an attack without any."""
+        for group in (self.image, self.text):
+            if name in type(group).model_fields:
+                return getattr(group, name)
+        return None
+
+    def with_steps(self, name: str, steps: int) -> Attacks:
+        """These knobs with attack `name`'s `steps` replaced (unchanged for an attack without knobs)."""
+        for modality in ("image", "text"):
+            group = getattr(self, modality)
+            if name in type(group).model_fields:
+                tuned = getattr(group, name).model_copy(update={"steps": steps})
+                return self.model_copy(update={modality: group.model_copy(update={name: tuned})})
+        return self
+
+
+class SweepSlice(Section):
+    """A further cross product of an architecture's grid: a key left out takes the main grid's value."""
+
+    metrics: unique_list(Metric) | None = None
+    ratios: unique_list(Ratio) | None = None
+    attacks: unique_list(Attack) | None = None
+    threat_models: unique_list(ThreatModel) | None = None
+    mask_sources: unique_list(MaskSource) | None = None
+    ties: unique_list(Ties) | None = None
+    victims: unique_list(VictimState) | None = None
+    trials: PosInt | None = None
+
+
+class SweepArch(Section):
+    """The main cross product of an architecture's grid, and `slices`: further cross products run beside it."""
+
+    metrics: unique_list(Metric)
+    ratios: unique_list(Ratio)
+    attacks: unique_list(Attack)
+    threat_models: unique_list(ThreatModel)
+    mask_sources: unique_list(MaskSource)
+    ties: unique_list(Ties)
+    victims: unique_list(VictimState)
+    trials: PosInt
+    slices: list[SweepSlice] = []
+
+    def products(self) -> list[SweepSlice]:
+        """The main cross product and every slice, each with all keys filled in."""
+        main = SweepSlice(**self.model_dump(exclude={"slices"}))
+        fill = main.model_dump()
+        return [main] + [SweepSlice(**(fill | s.model_dump(exclude_none=True))) for s in self.slices]
+
+
+class Sweep(Section):
+    workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
+    executor: Literal["local", "dask"]  # local: worker processes here (CUDA-safe); dask: a dask.distributed cluster
+    dask_address: Annotated[str | None, AfterValidator(_dask_address)]  # None: start a LocalCluster
+    dask_workers: Annotated[int, Field(ge=0)]  # LocalCluster worker processes; 0 = one per CPU core
+    batch_trials: Annotated[int, Field(ge=0)]  # trials per task (0 = sized by the executor); limit x its trials
+    time_limit_s: PosFloat
+    bound_grid: Annotated[int, Field(ge=0)]  # t-grid points of L_S for every trial's (B1) columns; 0: no (B1) columns
+    bound_iters: PosInt  # power iterations per grid point
+    lenet: SweepArch
+    cnn: SweepArch
+    bert: SweepArch
+    gpt2: SweepArch
+
+
+class TheoryCase(Section):
+    """One self-contained attack experiment of the theory stage (a small sweep with mask-aware, own masks)."""
+
+    arch: Literal[tuple(ARCH_MODALITY)]
+    attack: Attack
+    steps: PosInt  # replaces the attack's `steps` from the attacks section
+    metrics: unique_list(Metric)
+    ratios: unique_list(Ratio)
+    trials: PosInt
+    effective_rank: bool  # T5 on this case (J's exact spectrum: d JVPs and a d x d eigenproblem; small inputs only)
+
+
+class Theory(Section):
+    grid: Annotated[int, Field(ge=2)]
+    power_iters: PosInt
+    tolerance: Annotated[float, Field(ge=0.0)]
+    null_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)]  # T5: near-null singular values, relative to J's largest
+    samples: PosInt  # Monte-Carlo draws of Q (T3)
+    identity_candidates: PosInt  # far-field candidates x' per mask for the identity check (T1)
+    cases: Annotated[list[TheoryCase], Field(min_length=1)]
+
+
+class PrivacyLevel(Section):
+    """A trial is protected at this level when the attack stays under every bound of its modality."""
+
+    psnr_max: Annotated[float, _reachable(0.0, "the PSNR of images in [0, 1] is never negative")]
+    ssim_max: Annotated[float, _reachable(-1.0, "SSIM is never below -1")]
+    rouge1_max: Ratio
+    token_f1_max: Ratio
+    min_protected: Annotated[float, Field(gt=0.0, le=1.0)]  # a ratio protects when its share's Wilson low end >= this
+
+
+class Guidelines(Section):
+    levels: Annotated[dict[str, PrivacyLevel], Field(min_length=1)]
+    threat_model: ThreatModel
+    mask_source: MaskSource
+    ties: Ties
+    victim: VictimState
+
+
+class Params(Section):
+    study: Study
+    models: Models
+    update: Update
+    significance: Significance
+    he: HE
+    attacks: Attacks
+    sweep: Sweep
+    guidelines: Guidelines
+    theory: Theory
+
+
+def derive_seed(master: int, *tags: str | int) -> int:
+    """A stable 63-bit seed for one purpose, e.g. `derive_seed(seed, "model", "lenet")`; independent of call order."""
+    digest = hashlib.sha256(":".join(map(str, (master, *tags))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
