@@ -6,8 +6,9 @@ the sha256 of the source of every `selenc` module that module imports, directly 
 statements (function-local ones included). Editing a module a trial runs invalidates its entries; editing one it does
 not import (a plot) does not.
 
-Only finished results are stored. An entry that cannot be read or does not fit its schema is reported, removed and
-treated as missing, so it is recomputed. Writes are atomic (a temporary file, then a rename): a killed run never
+Only finished results are stored, each beside the sha256 of its content. An entry that cannot be read, does not fit its
+schema or no longer matches its hash (edited by hand) is reported with a warning naming the file, removed and treated
+as missing, so it is recomputed. Writes are atomic (a temporary file, then a rename): a killed run never
 leaves half an entry.
 """
 
@@ -109,8 +110,15 @@ def key_of(description: dict) -> str:
 
 
 # --- the store ---------------------------------------------------------------------------------------------------
+def content_hash(entry: dict) -> str:
+    """sha256 of an entry's canonical JSON: what a stored entry must still hash to when it is read back."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
 class Store:
-    """A folder of JSON entries, each validated against a pydantic schema on read."""
+    """A folder of JSON entries, each stored with the hash of its content and validated against a pydantic schema on
+    read: an entry edited by hand (a PSNR changed to another valid number) no longer matches its hash and is
+    recomputed, never trusted."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -119,25 +127,32 @@ class Store:
         return self.folder / f"{key}.json"
 
     def get(self, key: str, schema: type[M]) -> M | None:
-        """The entry under `key`, or None when it is absent, unreadable or not a valid `schema` (then removed)."""
+        """The entry under `key`, or None when it is absent, unreadable, not a valid `schema`, or its content no
+        longer matches its stored hash (then removed with a warning naming the file)."""
         path = self.path(key)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
         try:
-            return schema.model_validate(json.loads(text))
-        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+            stored = json.loads(text)
+            if not isinstance(stored, dict) or set(stored) != {"content_sha256", "entry"}:
+                raise ValueError("not an entry with its content hash")
+            if content_hash(stored["entry"]) != stored["content_sha256"]:
+                raise ValueError("its content no longer matches its hash (edited after it was stored?)")
+            return schema.model_validate(stored["entry"])
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, ValidationError) as exc:
             reason = str(exc).splitlines()[0]
-            warnings.warn(f"ignoring unreadable cache entry {path} ({reason}); it will be recomputed", stacklevel=2)
+            warnings.warn(f"ignoring cache entry {path} ({reason}); it will be recomputed", stacklevel=2)
             path.unlink(missing_ok=True)
             return None
 
     def put(self, key: str, entry: BaseModel) -> None:
-        """Store `entry` atomically."""
+        """Store `entry` with its content hash, atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(key)
-        write_atomic(path, json.dumps(entry.model_dump(), sort_keys=True))  # inf/nan kept (PSNR)
+        content = entry.model_dump()
+        stored = {"content_sha256": content_hash(content), "entry": content}
+        write_atomic(self.path(key), json.dumps(stored, sort_keys=True))  # inf/nan kept (PSNR)
 
     def get_or_compute(self, key: str, schema: type[M], compute: Callable[[], M]) -> M:
         """The cached entry, or `compute()` stored under `key`."""

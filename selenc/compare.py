@@ -3,12 +3,15 @@
     python -m selenc.compare     # reads reports/results/<arch>.csv; writes reports/results/{summary,paired}.csv and
                                  # reports/metrics/attacks.json
 
-- summary.csv: one row per cell, the strongest attacker's included (`stats.summary`).
+- summary.csv: one row per cell and adversary, the strongest attacker's included (`stats.summary`).
 - paired.csv: each metric against random at equal ratio on the same samples (`stats.paired_metrics`).
 - attacks.json, per architecture: how much better the mask-aware attacker does than the zero-fill one (and how many
-  cells zero-fill calls protected that the mask-aware attacker breaks), the shared-mask and decoy gaps, all over
-  0 < ρ < 1 with their intervals; the support threshold (the share of the update that is non-zero: a ratio at or above
-  it can hide every non-zero coordinate); label accuracy with nothing encrypted; T4 per attack beyond the ratio.
+  cells zero-fill calls protected that the mask-aware attacker breaks), the shared-mask, decoy and trained-victim
+  gaps, all over 0 < ρ < 1 with their samples (the unit of every test), pairs, intervals and p; the support threshold
+  (the share of the update that is non-zero: a ratio at or above it can hide every non-zero coordinate); label
+  accuracy with nothing encrypted; T4 per attack beyond the ratio.
+
+Every p-value and interval counts samples, never rows (`stats`).
 """
 
 from __future__ import annotations
@@ -70,11 +73,14 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
     for name, (column, better, worse) in stats.GAPS.items():
         gaps = stats.paired_gap(table, column, better, worse, seed).set_index("arch")
         for arch in out:
+            if arch not in gaps.index:
+                out[arch][name] = None
+                continue
+            g = gaps.loc[arch]
             out[arch][name] = (
-                {k: _round(v) for k, v in gaps.loc[arch].items()}
-                | {"n": int(gaps.loc[arch, "n"]), "p": float(f"{gaps.loc[arch, 'p']:.3g}")}
-                if arch in gaps.index
-                else None
+                {"n_samples": int(g.n_samples), "n_pairs": int(g.n_pairs)}
+                | {k: _round(g[k]) for k in ("median", "ci_low", "ci_high")}
+                | {"p": float(f"{g.p:.3g}"), "min_p": float(f"{g.min_p:.3g}")}
             )
     flags = overstated(table, level, levels)
     support = support_threshold(table)
@@ -93,7 +99,7 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
         out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in stats.phi_spearman(rows, col).items()}
         out[arch]["t4"] = {
             attack: {k: (_round(v) if isinstance(v, float) else v) for k, v in t4.items()}
-            for attack, t4 in stats.phi_given_ratio(rows, col).items()
+            for attack, t4 in stats.phi_given_ratio(rows, col, seed).items()
         }
     return out
 

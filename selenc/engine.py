@@ -10,10 +10,10 @@ run's. Errors and timeouts are never cached.
 
 Tasks (`partition`): the optimisation attacks (`attacks.VECTORISED`) run a task as one vectorised batch, and a
 trial's floating-point result depends (at round-off level) on what shares its batch. So the batches are a fixed
-function of the grid and the params, never of what is cached or how many workers run: one batch per (attack, metric)
-of the grid, all its threat models, mask sources, ratios and samples, cut to `sweep.batch_trials` (0: at most
-MAX_BATCH of the device); and the cache key of a batched trial names its batch. A task with any trial missing runs
-whole. Adding a metric leaves the other metrics' batches and cache entries as they were.
+function of the grid and the params, never of what is cached or how many workers run: one batch per (attack, metric,
+victim, initialisation) of the grid, all its threat models, mask sources, ratios and samples, cut to
+`sweep.batch_trials` (0: at most MAX_BATCH of the device); and the cache key of a batched trial names its batch. A task
+with any trial missing runs whole. Adding a metric leaves the other metrics' batches and cache entries as they were.
 
 A sweep with any trial not finished fails (`SweepFailed`, a summary of the distinct errors with counts) and writes no
 table, unless `allow_errors` asks for the table anyway (exploration). HE cost is joined per ratio (`cost`).
@@ -52,13 +52,13 @@ class SweepFailed(RuntimeError):
 # --- cache keys: what a result depends on ------------------------------------------------------------------------
 def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
     """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) of a vectorised attack grouped per
-    (attack, metric, victim), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the device); the
-    other attacks' trials one task per client upload (`Trial.upload`), so that the analytic attacks on one upload
-    share its preparation (`trial.run_trials`)."""
+    (attack, metric, victim, initialisation), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the
+    device); the other attacks' trials one task per client upload (`Trial.upload`), so that the analytic attacks on
+    one upload share its preparation (`trial.run_trials`)."""
     size = params.sweep.batch_trials or MAX_BATCH[resolve_device(params.study.device).type]
     groups: dict[tuple, list[Trial]] = {}
     for t in trials:
-        key = (t.attack, t.identity()["metric"], t.victim) if t.attack in VECTORISED else (t.upload(),)
+        key = (t.attack, t.identity()["metric"], t.victim, t.init) if t.attack in VECTORISED else (t.upload(),)
         groups.setdefault(key, []).append(t)
     out = []
     for group in groups.values():

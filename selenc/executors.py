@@ -38,16 +38,16 @@ POLL_S = 0.2  # how often the parent looks at its workers
 
 # --- what a worker runs ------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=2)
-def _victim(arch: str, params_json: str, state: str) -> Victim:
-    return build_victim(arch, Params.model_validate_json(params_json), trained=state == "trained")
+def _victim(arch: str, params_json: str, state: str, init: int) -> Victim:
+    return build_victim(arch, Params.model_validate_json(params_json), trained=state == "trained", init=init)
 
 
 def run_task(params: Params, arch: str, trials: list[Trial]) -> list[dict]:
     """Run one task in this process (one torch thread, each victim built once per process); outcomes as dicts. A task's
-    trials share their victim (`sweep.partition`)."""
+    trials share their victim and initialisation (`engine.partition`)."""
     torch.set_num_threads(1)
     try:
-        victim = _victim(arch, params.model_dump_json(), trials[0].victim)
+        victim = _victim(arch, params.model_dump_json(), trials[0].victim, trials[0].init)
     except Exception as exc:  # e.g. data that fail their check: every trial of the task reports it
         return [failure(exc).model_dump()] * len(trials)
     return [o.model_dump() for o in run_trials(trials, params, victim)]
@@ -83,7 +83,7 @@ def _watch_parent(parent: int) -> None:
 def _serve(conn: Connection, parent: int, arch: str, params: Params) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with contextlib.suppress(Exception):  # a victim that cannot be built is reported by every task instead
-        _victim(arch, params.model_dump_json(), "untrained")
+        _victim(arch, params.model_dump_json(), "untrained", 0)
     conn.send("ready")
     while (trials := conn.recv()) is not None:
         conn.send(run_task(params, arch, trials))

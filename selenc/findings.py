@@ -16,8 +16,15 @@ from selenc.stats import CONFIDENCE, GAPS, STRONGEST
 ALPHA = 1 - CONFIDENCE
 
 
-def _p(p: float) -> str:
+def _p(p: float, min_p: float) -> str:
+    """A p-value and its verdict, saying so when the samples could never have reached significance."""
+    if min_p >= ALPHA:
+        return f"p = {p:.2g}, not significant: too few samples to reach {ALPHA:g} (smallest possible p {min_p:.2g})"
     return f"p = {p:.2g}" + ("" if p < ALPHA else ", not significant")
+
+
+def _samples(g: dict) -> str:
+    return f"{g['n_samples']} samples ({g['n_pairs']} pairs)"
 
 
 # --- notebook 02: one architecture's sweep -----------------------------------------------------------------------
@@ -41,8 +48,8 @@ def sweep_findings(table: pd.DataFrame, arch: str, cfg: Guidelines) -> str:
     for attack, rows in main.groupby("attack"):
         base, full = rows[rows.ratio == 0][col], rows[rows.ratio == 1][col]
         lines.append(
-            f"- **{attack}**: {label} {base.mean():.2f} unprotected (ρ=0, n = {len(base)}) and "
-            + (f"{full.mean():.2f} fully encrypted (ρ=1, n = {len(full)})." if len(full) else "ρ=1 not run.")
+            f"- **{attack}**: {label} {base.mean():.2f} unprotected (ρ=0, {len(base)} samples) and "
+            + (f"{full.mean():.2f} fully encrypted (ρ=1, {len(full)} samples)." if len(full) else "ρ=1 not run.")
         )
         mid = rows[(rows.ratio > 0) & (rows.ratio < 1)]
         if len(mid):
@@ -50,18 +57,34 @@ def sweep_findings(table: pd.DataFrame, arch: str, cfg: Guidelines) -> str:
             best = mid[mid.ratio == r].groupby("metric")[col].agg(["mean", "size"]).sort_values("mean")
             lines.append(
                 f"  At ρ={r:g} the best metric is **{best.index[0]}** ({best['mean'].iloc[0]:.2f}, "
-                f"n = {best['size'].iloc[0]}), the worst {best.index[-1]} ({best['mean'].iloc[-1]:.2f}, "
-                f"n = {best['size'].iloc[-1]})."
+                f"{best['size'].iloc[0]} samples), the worst {best.index[-1]} ({best['mean'].iloc[-1]:.2f}, "
+                f"{best['size'].iloc[-1]} samples); samples, not a test."
             )
     return "\n".join(lines) or "No finished trial of the attacker and victim the guidelines read."
 
 
 # --- notebook 03: the comparison across architectures --------------------------------------------------------------
 def cell_counts(summary: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
-    """Per (arch, attack) of `main_trials`: how many cells, and the smallest and largest sample count of a cell."""
+    """Per (arch, attack and adversary) of `main_trials`: how many cells, and the fewest and most samples of a
+    cell."""
     main = main_trials(summary, cfg)
-    counts = main.groupby(["arch", "attack"]).n.agg(["size", "min", "max"])
-    return counts.rename(columns={"size": "cells", "min": "min n", "max": "max n"})
+    counts = main.groupby(["arch", "attack", "attack_set"]).n_samples.agg(["size", "min", "max"])
+    return counts.rename(columns={"size": "cells", "min": "min samples", "max": "max samples"})
+
+
+def median_tables(summary: pd.DataFrame, cfg: Guidelines, arch: str) -> dict[float, tuple[pd.DataFrame, int, int]]:
+    """Per ratio 0 < ρ < 1 of `arch`: the median success of each (attack, metric) cell of `main_trials` (each cell's
+    own adversary, no slices), with the fewest and most samples of a cell."""
+    main = main_trials(summary, cfg)
+    cells = main[(main.arch == arch) & (main.ratio > 0) & (main.ratio < 1) & ~main.slice.astype(bool)]
+    return {
+        ratio: (
+            at.pivot_table(index="attack", columns="metric", values="median"),
+            int(at.n_samples.min()),
+            int(at.n_samples.max()),
+        )
+        for ratio, at in cells.groupby("ratio")
+    }
 
 
 def gap_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
@@ -75,16 +98,17 @@ def gap_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
                     {
                         "arch": arch,
                         "comparison": name,
-                        "pairs": g["n"],
+                        "samples": g["n_samples"],
+                        "pairs": g["n_pairs"],
                         "median gap": g["median"],
                         "95% CI": f"[{g['ci_low']:.3g}, {g['ci_high']:.3g}]",
                         "Wilcoxon p": g["p"],
+                        "smallest p possible": g["min_p"],
                         "significant": g["p"] < ALPHA,
                     }
                 )
-    return pd.DataFrame(
-        rows, columns=["arch", "comparison", "pairs", "median gap", "95% CI", "Wilcoxon p", "significant"]
-    )
+    columns = ["arch", "comparison", "samples", "pairs", "median gap", "95% CI", "Wilcoxon p", "smallest p possible"]
+    return pd.DataFrame(rows, columns=[*columns, "significant"])
 
 
 def gap_sentences(metrics: dict, archs: list[str]) -> str:
@@ -97,9 +121,9 @@ def gap_sentences(metrics: dict, archs: list[str]) -> str:
             lines.append(f"**{arch}**: no cell was run under both threat models.")
             continue
         lines.append(
-            f"**{arch}**: over {zf['n']} paired samples with 0 < ρ < 1 the mask-aware attacker's success is higher by "
-            f"a median of **{zf['median']:.3g}** (95% CI [{zf['ci_low']:.3g}, {zf['ci_high']:.3g}], Wilcoxon "
-            f"{_p(zf['p'])})"
+            f"**{arch}**: over {_samples(zf)} with 0 < ρ < 1, a sample's mask-aware success is higher than its "
+            f"zero-fill success by a median of **{zf['median']:.3g}** (95% CI [{zf['ci_low']:.3g}, "
+            f"{zf['ci_high']:.3g}], Wilcoxon {_p(zf['p'], zf['min_p'])})"
             + (
                 f"; zero-fill calls **{over['overstated']} of {over['cells']}** cells protected at the {over['level']} "
                 "level (share ≥ 1/2) that the mask-aware attacker breaks."
@@ -111,17 +135,22 @@ def gap_sentences(metrics: dict, archs: list[str]) -> str:
         tg = metrics[arch].get("trained_gap")
         if tg is not None:
             lines.append(
-                f"**{arch}, trained victim**: over {tg['n']} paired samples with 0 < ρ < 1 the attack's success on the "
-                f"trained victim differs from the untrained one's by a median of **{tg['median']:.3g}** (95% CI "
-                f"[{tg['ci_low']:.3g}, {tg['ci_high']:.3g}], Wilcoxon {_p(tg['p'])})."
+                f"**{arch}, trained victim**: over {_samples(tg)} with 0 < ρ < 1 the attack's success on the trained "
+                f"victim differs from the untrained one's by a median of **{tg['median']:.3g}** (95% CI "
+                f"[{tg['ci_low']:.3g}, {tg['ci_high']:.3g}], Wilcoxon {_p(tg['p'], tg['min_p'])})."
             )
     return "\n\n".join(lines)
 
 
 def paired_counts(paired: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, attack) of paired.csv: comparisons, how many are significant after Holm, and the pair counts."""
+    """Per (arch, attack) of paired.csv: comparisons, how many are significant after Holm, the sample counts, and
+    how many comparisons had too few samples to ever reach significance."""
     return paired.groupby(["arch", "attack"]).agg(
-        comparisons=("p", "size"), significant=("significant", "sum"), min_n=("n", "min"), max_n=("n", "max")
+        comparisons=("p", "size"),
+        significant=("significant", "sum"),
+        min_samples=("n_samples", "min"),
+        max_samples=("n_samples", "max"),
+        cannot_reach=("min_p", lambda p: int((p >= ALPHA).sum())),
     )
 
 
@@ -131,11 +160,11 @@ def significant_pairs(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def no_significance_note(paired: pd.DataFrame) -> str:
-    """Why nothing can be significant when no comparison is: the smallest two-sided Wilcoxon p its pairs allow."""
-    n = int(paired.n.max()) if len(paired) else 0
+    """Why nothing can be significant when no comparison is: the smallest two-sided Wilcoxon p its samples allow."""
+    n = int(paired.n_samples.max()) if len(paired) else 0
     return (
         "No metric comparison is significant after Holm's correction at these sample counts (at most "
-        f"{n} pairs per comparison: the smallest two-sided Wilcoxon p-value {n} pairs can give is 2/2^{n} = "
+        f"{n} samples per comparison: the smallest two-sided Wilcoxon p-value {n} samples can give is 2/2^{n} = "
         f"{2 / 2**n:.3g})."
     )
 
@@ -147,13 +176,20 @@ def strongest_verdict(paired: pd.DataFrame, cfg: Guidelines) -> str:
     strong = strong[strong.attack == STRONGEST]
     better, worse = (strong[strong.significant.astype(bool) & (sign * strong.median_diff < 0)] for sign in (1, -1))
     named = ", ".join(
-        f"{r.arch} {r.metric_a} vs {r.metric_b} {r.median_diff:+.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}] (n = {r.n})"
+        f"{r.arch} {r.metric_a} vs {r.metric_b} {r.median_diff:+.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}] "
+        f"({r.n_samples} samples)"
         for r in better.itertuples()
     )
+    hopeless = int((strong.min_p >= ALPHA).sum())
     return (
         f"Against the strongest attacker ({cfg.threat_model}, {cfg.mask_source} mask, {cfg.victim} victim): "
         f"**{len(better)} of {len(strong)}** comparisons find metric a significantly better than metric b, "
         f"{len(worse)} significantly worse. Better: {named or 'none'}."
+        + (
+            f" {hopeless} of them had too few samples to reach significance whatever the data (n ≤ 5)."
+            if hopeless
+            else ""
+        )
     )
 
 
@@ -176,22 +212,28 @@ def support_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
 
 
 # --- T4 (notebooks 01 and 03) ---------------------------------------------------------------------------------------
+def _ci(ci: list[float]) -> str:
+    return "no interval" if ci[0] != ci[0] else f"{ci[0]:.2f}, {ci[1]:.2f}"
+
+
 def t4_table(t4: dict[str, dict], across: dict[str, float | None]) -> pd.DataFrame:
     """T4 per label (a theory case, or arch/attack): the partial Spearman correlation of φ(S) and success given ρ,
-    its interval and n, the correlation across cells (ρ included) and within each ratio. `t4[label]` is a
-    `stats.phi_given_ratio` entry, `across[label]` a `stats.phi_spearman` value."""
+    its cluster-bootstrap interval over samples, its samples and rows, the correlation across cells (ρ included) and
+    within each ratio. `t4[label]` is a `stats.phi_given_ratio` entry, `across[label]` a `stats.phi_spearman`
+    value."""
     rows = []
     for label, t in t4.items():
         within = {
-            f"within {k}": f"{v['spearman']:.2f} (n={v['n']}, p={v['p']:.2g})"
+            f"within {k}": f"{v['spearman']:.2f} [{_ci(v['ci'])}] ({v['n_samples']} samples)"
             for k, v in t.get("per_ratio", {}).items()
         }
         rows.append(
             {
                 "label": label,
                 "partial Spearman | ρ": t.get("partial_spearman"),
-                "95% CI": t.get("ci"),
-                "n": t.get("n"),
+                "95% CI (over samples)": t.get("ci"),
+                "samples": t.get("n_samples"),
+                "rows": t.get("n"),
                 "across cells (ρ included)": across.get(label),
             }
             | within
@@ -200,14 +242,20 @@ def t4_table(t4: dict[str, dict], across: dict[str, float | None]) -> pd.DataFra
 
 
 def t4_verdict(t4: dict[str, dict]) -> str:
-    """Per label: the partial correlation with its interval and n, called negative (interval below 0), positive
-    (above) or not significant; or that too few trials had 0 < ρ < 1. Markdown."""
+    """Per label: the partial correlation with its interval over samples, called negative (interval below 0),
+    positive (above) or not significant; or that too few samples had 0 < ρ < 1 for an interval. Markdown."""
     lines = []
     for label, t in t4.items():
         r, ci = t.get("partial_spearman"), t.get("ci")
-        if r is None or ci is None or ci[0] != ci[0]:
+        if r is None or r != r:
             lines.append(f"{label}: too few trials with 0 < ρ < 1 for a partial correlation")
             continue
+        if ci is None or ci[0] != ci[0]:
+            lines.append(f"{label}: {r:.2f} on {t['n_samples']} samples: too few samples for an interval")
+            continue
         verdict = "negative beyond the ratio" if ci[1] < 0 else ("positive" if ci[0] > 0 else "not significant")
-        lines.append(f"{label}: **{r:.2f}** (95% CI [{ci[0]:.2f}, {ci[1]:.2f}], n = {t['n']}): {verdict}")
+        lines.append(
+            f"{label}: **{r:.2f}** (95% CI [{ci[0]:.2f}, {ci[1]:.2f}] over {t['n_samples']} samples, {t['n']} rows): "
+            f"{verdict}"
+        )
     return "Partial Spearman correlation of φ(S) and attack success given ρ: " + "; ".join(lines) + "."

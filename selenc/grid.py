@@ -1,5 +1,6 @@
 """The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × victim ×
-sample, as a main cross product plus optional slices (further cross products, e.g. zero-fill on a few metrics).
+model initialisation × sample, as a main cross product plus optional slices (further cross products, e.g. zero-fill
+on a few metrics).
 
 A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
 results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric, the mask source or the ties, and at
@@ -33,6 +34,7 @@ class Trial:
     mask_source: str
     ties: str  # index: equal scores go to the lower flat index | decoys: to client-seeded random ones (`selection`)
     victim: str  # untrained: the seeded init | trained: after `models.<arch>.pretrain` (`models.build_victim`)
+    init: int  # which model initialisation (0 .. study.model_seeds - 1); (init, trial) is one sample
     trial: int  # which real sample(s): the trial-th client batch of the target pool
 
     @property
@@ -60,10 +62,11 @@ def expand(params: Params, arch: str) -> list[Trial]:
     """All trials of `arch`'s grid in a fixed order: the main cross product, then each slice's trials not in it."""
     out: dict[Trial, None] = {}
     for g in getattr(params.sweep, arch).products():
-        for attack, threat, metric, ratio, source, ties, victim, t in itertools.product(
-            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, g.victims, range(g.trials)
+        inits = range(params.study.model_seeds)
+        for attack, threat, metric, ratio, source, ties, victim, init, t in itertools.product(
+            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, g.victims, inits, range(g.trials)
         ):
-            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, victim, t))
+            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, victim, init, t))
     return list(out)
 
 

@@ -1,13 +1,20 @@
-"""From the per-cell summary to guidelines: which metric at which ratio protects, with what confidence and cost.
+"""From the per-cell summary to guidelines: which metric at which ratio protects, with what confidence and cost, and
+what the claim rests on.
 
     python -m selenc.guidelines      # reads reports/results/summary.csv; writes reports/guidelines.{json,md}, ...
 
-A cell's trials are *protected* at a privacy level when the attack stayed under every bound of the modality
+A cell's samples are *protected* at a privacy level when the attack stayed under every bound of the modality
 (`stats.protected`). A ratio *protects* (arch, attack, metric, level) when the lower end of the Wilson interval of its
 protected share reaches the level's `min_protected`, and so does every larger ratio in the grid (a single lucky small
-ratio does not count). The recommendation for (arch, level) reads the strongest attacker (`stats.STRONGEST`: every
-attack run on the same sample at once): the metric whose protecting ratio is smallest (ties: the cheaper HE cost, then
-the name). Where no metric's ratio protects, it says so.
+ratio does not count). A cell with fewer samples than the rule can ever pass (`samples_needed`: even all of them
+protected leaves the interval below `min_protected`) is "too few samples", never a protecting ratio. The
+recommendation for (arch, level) reads the strongest attacker of each cell (`stats.STRONGEST`: the attacks that ran on
+all of its samples at once, never a slice of them): the metric whose protecting ratio is smallest (ties: the cheaper
+HE cost, then the name). Where no metric's ratio protects, it says so.
+
+Each recommendation states what it rests on: its samples and interval, the victim it was read on and whether it also
+holds on the other victim where that ran, the adversary and the attack budgets against the published ones. It is an
+upper bound on protection: a longer or stronger attack may break what these did not.
 """
 
 from __future__ import annotations
@@ -22,25 +29,40 @@ import numpy as np
 import pandas as pd
 
 from selenc import cache
+from selenc.attacks import PUBLISHED_STEPS
 from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
-from selenc.settings import ConfigError, Guidelines, PrivacyLevel
-from selenc.stats import CONFIDENCE, STRONGEST
+from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel
+from selenc.stats import CONFIDENCE, STRONGEST, wilson
 
+PROTECTS, NONE_PROTECTS, TOO_FEW = "protects", "no ratio protects", "too few samples"
 RECORD_KEYS = (
     "arch",
     "attack",
+    "attack_set",
+    "slice",
     "privacy_level",
     "metric",
+    "status",
     "min_ratio",
-    "n",
+    "n_samples",
     "protected_share",
     "protected_share_ci",
     "he_encrypt_s",
     "he_bytes",
+    "he_bytes_sd",
     "recommended",
 )
+UPPER_BOUND = (
+    "Every recommendation is an upper bound on protection: it held against the attacks run here, at the budgets stated "
+    "(below the published ones where so), on the samples counted; a longer or stronger attack may break it."
+)
+
+
+def samples_needed(level: PrivacyLevel, most: int = 1000) -> int:
+    """The fewest samples with which the rule can pass: n all protected gives a Wilson lower end ≥ min_protected."""
+    return next(n for n in range(1, most + 1) if wilson(n, n)[0] >= level.min_protected - 1e-12)
 
 
 def min_protecting_ratio(cells: pd.DataFrame, name: str, level: PrivacyLevel) -> float | None:
@@ -54,39 +76,48 @@ def min_protecting_ratio(cells: pd.DataFrame, name: str, level: PrivacyLevel) ->
     return float(cells.ratio.iloc[bad[-1] + 1 if len(bad) else 0])
 
 
+def read_rows(summary: pd.DataFrame, cfg: Guidelines, victim: str | None = None) -> pd.DataFrame:
+    """The summary rows of the attacker the guidelines read (`cfg`), on `victim` (default: `cfg.victim`)."""
+    victim = victim or cfg.victim
+    chosen = (summary.threat_model == cfg.threat_model) & (summary.mask_source == cfg.mask_source)
+    return summary[chosen & (summary.ties == cfg.ties) & (summary.victim == victim)]
+
+
 def guidelines(summary: pd.DataFrame, cfg: Guidelines) -> list[dict]:
-    """Records (RECORD_KEYS) per (arch, attack, metric, level) of the summary rows the guidelines read
-    (`cfg.threat_model`, `cfg.mask_source`, `cfg.ties`, `cfg.victim`); n and the share are the protecting ratio's, or
-    the largest ratio's when none protects."""
-    rows = summary[
-        (summary.threat_model == cfg.threat_model)
-        & (summary.mask_source == cfg.mask_source)
-        & (summary.ties == cfg.ties)
-        & (summary.victim == cfg.victim)
-    ]
+    """Records (RECORD_KEYS) per (arch, attack and its adversary set, metric, level) of the summary rows the
+    guidelines read; n and the share are the protecting ratio's, or the largest ratio's when none protects."""
     records = []
-    for (arch, attack, metric), cells in rows.groupby(["arch", "attack", "metric"], sort=True):
+    groups = read_rows(summary, cfg).groupby(["arch", "attack", "attack_set", "slice", "metric"], sort=True)
+    for (arch, attack, attack_set, is_slice, metric), cells in groups:
         for name, level in cfg.levels.items():
             r = min_protecting_ratio(cells, name, level)
             at = cells[cells.ratio == (r if r is not None else cells.ratio.max())].iloc[0]
+            if r is not None:
+                status = PROTECTS
+            else:
+                status = TOO_FEW if cells.n_samples.max() < samples_needed(level) else NONE_PROTECTS
             records.append(
                 {
                     "arch": arch,
                     "attack": attack,
+                    "attack_set": attack_set,
+                    "slice": bool(is_slice),
                     "privacy_level": name,
                     "metric": metric,
+                    "status": status,
                     "min_ratio": r,
-                    "n": int(at.n),
+                    "n_samples": int(at.n_samples),
                     "protected_share": round(float(at[f"protected_{name}"]), 4),
                     "protected_share_ci": [round(float(at[f"{name}_low"]), 4), round(float(at[f"{name}_high"]), 4)],
                     "he_encrypt_s": float(at.he_encrypt_s) if r is not None else None,
                     "he_bytes": int(at.he_bytes) if r is not None else None,
+                    "he_bytes_sd": float(at.he_bytes_sd) if r is not None else None,
                     "recommended": False,
                 }
             )
     frame = pd.DataFrame(records, columns=list(RECORD_KEYS))
-    strongest = frame[(frame.attack == STRONGEST) & frame.min_ratio.notna()]
-    for _, group in strongest.groupby(["arch", "privacy_level"]):
+    adversary = frame[(frame.attack == STRONGEST) & ~frame.slice.astype(bool) & frame.min_ratio.notna()]
+    for _, group in adversary.groupby(["arch", "privacy_level"]):
         best = min(group.itertuples(), key=lambda r: (r.min_ratio, r.he_encrypt_s, r.metric))
         frame.loc[best.Index, "recommended"] = True
     return [
@@ -95,54 +126,113 @@ def guidelines(summary: pd.DataFrame, cfg: Guidelines) -> list[dict]:
     ]
 
 
+def budgets(attack_set: str, attacks: Attacks) -> str:
+    """The study's budget of each attack of an adversary against its original procedure's, e.g. "dlg 1,000 of
+    6,000 steps (0.17x)"; analytic attacks say so."""
+    parts = []
+    for name in attack_set.split("+"):
+        knobs, published = attacks.of(name), PUBLISHED_STEPS[name]
+        if knobs is None:
+            parts.append(f"{name} analytic")
+            continue
+        spent = knobs.steps * knobs.restarts
+        runs = f"{knobs.steps:,} steps" + (f" x {knobs.restarts} restarts" if knobs.restarts > 1 else "")
+        parts.append(
+            f"{name} {runs}" + (f" of {published:,} published ({spent / published:.2g}x)" if published else "")
+        )
+    return "; ".join(parts)
+
+
 PLAN_KEYS = (
     "arch",
     "privacy_level",
     "metric",
     "ratio",
-    "n",
+    "n_samples",
     "protected_share",
     "protected_share_ci",
-    "he_encrypt_s",
-    "he_bytes",
+    "he_mb",
+    "he_ms",
+    "adversary",
+    "other_victim",
 )
 
 
-def strategy_table(records: list[dict]) -> pd.DataFrame:
+def strategy_table(records: list[dict], summary: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     """Per (arch, level): the recommended metric and ratio against the strongest attacker, its protected share with
-    the interval and n, and its cost; metric `none` where no ratio protects, `all` where only ρ = 1 does (there every
-    metric encrypts everything, `grid.effective_metric`)."""
+    the interval and samples, its cost in MB (± its spread between encryptions) and ms, the adversary, and whether it
+    holds on the other victim (`other_victim`: its share and interval there, or "not run"); metric `none` where no
+    ratio protects, `all` where only ρ = 1 does (there every metric encrypts everything, `grid.effective_metric`)."""
     frame = pd.DataFrame(records, columns=list(RECORD_KEYS))
+    other = "trained" if cfg.victim == "untrained" else "untrained"
+    there = read_rows(summary, cfg, other)
     out = []
-    for (arch, level), group in frame[frame.attack == STRONGEST].groupby(["arch", "privacy_level"], sort=True):
+    main = frame[(frame.attack == STRONGEST) & ~frame.slice.astype(bool)]
+    for (arch, level), group in main.groupby(["arch", "privacy_level"], sort=True):
         rec = group[group.recommended]
         if not len(rec):
             out.append(dict.fromkeys(PLAN_KEYS) | {"arch": arch, "privacy_level": level, "metric": "none"})
             continue
-        row = {("ratio" if k == "min_ratio" else k): v for k, v in records[rec.index[0]].items()}
-        out.append({k: row[k] for k in PLAN_KEYS} | {"metric": effective_metric(row["metric"], row["ratio"])})
+        r = records[rec.index[0]]
+        cell = there[
+            (there.arch == arch)
+            & (there.attack == STRONGEST)
+            & ~there.slice.astype(bool)
+            & (there.metric == r["metric"])
+            & (there.ratio == r["min_ratio"])
+        ]
+        if len(cell):
+            c = cell.iloc[0]
+            holds = "holds" if c[f"{level}_low"] >= cfg.levels[level].min_protected - 1e-12 else "does not hold"
+            on_other = (
+                f"{holds} on the {other} victim: {c[f'protected_{level}']:.2f} "
+                f"[{c[f'{level}_low']:.2f}, {c[f'{level}_high']:.2f}], n = {int(c.n_samples)} ({c.attack_set})"
+            )
+        else:
+            on_other = f"not run on the {other} victim"
+        out.append(
+            {
+                "arch": arch,
+                "privacy_level": level,
+                "metric": effective_metric(r["metric"], r["min_ratio"]),
+                "ratio": r["min_ratio"],
+                "n_samples": r["n_samples"],
+                "protected_share": r["protected_share"],
+                "protected_share_ci": r["protected_share_ci"],
+                "he_mb": f"{r['he_bytes'] / 1e6:.3g} ± {r['he_bytes_sd'] / 1e6:.1g}",
+                "he_ms": round(1000 * r["he_encrypt_s"], 1),
+                "adversary": r["attack_set"],
+                "other_victim": on_other,
+            }
+        )
     return pd.DataFrame(out, columns=list(PLAN_KEYS), dtype=object)
 
 
-def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, reports: Path) -> None:
+def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, attacks: Attacks, reports: Path) -> None:
     """reports/guidelines.{json,md}, the stage metrics (reports/metrics/guidelines.json) and a figure."""
     (reports / "metrics").mkdir(parents=True, exist_ok=True)
     (reports / "figures").mkdir(parents=True, exist_ok=True)
     levels = "; ".join(
         f"**{n}**: PSNR ≤ {lv.psnr_max:g} dB and SSIM ≤ {lv.ssim_max:g} (images), ROUGE-1 ≤ {lv.rouge1_max:g} and "
         f"token F1 ≤ {lv.token_f1_max:g} (text); a ratio protects when the {CONFIDENCE:.0%} Wilson interval of its "
-        f"protected share starts at {lv.min_protected:g} or above"
+        f"protected share starts at {lv.min_protected:g} or above, which needs at least {samples_needed(lv)} samples, "
+        "all protected"
         for n, lv in cfg.levels.items()
     )
     frame = pd.DataFrame(records, columns=list(RECORD_KEYS))
     missing = plan[plan.ratio.isna()]
+    adversaries = sorted(set(plan.adversary.dropna()) | set(frame[frame.attack == STRONGEST].attack_set))
     lines = [
         "# Selective encryption guidelines",
         "",
         f"Privacy levels: {levels}. Every larger ratio must protect too. Read against the {cfg.threat_model} "
-        f"attacker with the {cfg.mask_source} mask and {cfg.ties} ties, on the {cfg.victim} victim. `{STRONGEST}` is "
-        "every attack run on the same sample at once: a sample is protected only when all of them failed. Metric "
-        "`all`: only ρ = 1 protects, where every metric encrypts everything.",
+        f"attacker with the {cfg.mask_source} mask and {cfg.ties} ties, on the **{cfg.victim}** victim. `{STRONGEST}` "
+        "is every attack that ran on all samples of a cell at once: a sample is protected only when all of them "
+        "failed; attacks run on only some samples form their own slice (`slice`), never part of a cell's adversary. "
+        "Metric `all`: only ρ = 1 protects, where every metric encrypts everything. A sample is one model "
+        "initialisation and one real target; n counts samples.",
+        "",
+        UPPER_BOUND,
         "",
         "## Recommended strategy per architecture and level (against the strongest attacker)",
         "",
@@ -157,7 +247,14 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, r
             if len(missing)
             else []
         ),
-        "## Smallest protecting ratio per attack and metric (empty: no ratio tested protects)",
+        "## Attack budgets (this study's against the original procedures')",
+        "",
+        *[f"- {a}: {budgets(a, attacks)}" for a in adversaries],
+        "",
+        "## Smallest protecting ratio per attack and metric",
+        "",
+        f"`status`: {PROTECTS} (from `min_ratio` on), {NONE_PROTECTS} (with enough samples), or {TOO_FEW} (fewer "
+        "samples than the rule can pass: not evidence either way).",
         "",
         frame.drop(columns="recommended").to_markdown(index=False),
         "",
@@ -170,9 +267,10 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, r
                 f"{r.arch}.{r.privacy_level}": {
                     "metric": r.metric,
                     "ratio": r.ratio,
-                    "n": r.n,
+                    "n_samples": r.n_samples,
                     "protected_share": r.protected_share,
                     "protected_share_ci": r.protected_share_ci,
+                    "other_victim": r.other_victim,
                 }
                 for r in plan.itertuples()
             },
@@ -207,20 +305,22 @@ def main(argv: list[str] | None = None) -> int:
         stale.unlink(missing_ok=True)
     source = args.reports / "results" / "summary.csv"
     try:
-        cfg = load_params(args.params).guidelines
+        params = load_params(args.params)
+        cfg = params.guidelines
         if not source.is_file():
             raise ConfigError(f"{source}: no summary table; run `python -m selenc.compare` first")
         summary = pd.read_csv(source)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    missing = [f"{name}_low" for name in cfg.levels if f"{name}_low" not in summary]
+    needed = [f"{name}_low" for name in cfg.levels] + ["n_samples", "attack_set", "slice", "he_bytes_sd"]
+    missing = [c for c in needed if c not in summary]
     if missing:
         print(f"error: {source} has no {', '.join(missing)}: rerun `python -m selenc.compare`", file=sys.stderr)
         return 2
     records = guidelines(summary, cfg)
-    plan = strategy_table(records)
-    write_guidelines(records, plan, cfg, args.reports)
+    plan = strategy_table(records, summary, cfg)
+    write_guidelines(records, plan, cfg, params.attacks, args.reports)
     print(plan.to_string(index=False))
     return 0
 

@@ -316,9 +316,17 @@ def _gpt2(cfg, num_classes: int):
     return GPT2ForSequenceClassification(config), tok
 
 
-def build_victim(arch: str, params: Params, device: torch.device | None = None, trained: bool = False) -> Victim:
-    """Build `arch` from params with a seed derived from `study.seed`; `trained`: then trained as
-    `models.<arch>.pretrain` says (the grid's `trained` victim), on the real pretraining pool."""
+def init_tags(init: int) -> tuple[str | int, ...]:
+    """The seed tags of model initialisation `init`: none for the first (the study's one initialisation before
+    `study.model_seeds` existed), ("init", i) for the others."""
+    return () if init == 0 else ("init", init)
+
+
+def build_victim(
+    arch: str, params: Params, device: torch.device | None = None, trained: bool = False, init: int = 0
+) -> Victim:
+    """Build `arch` from params with a seed derived from `study.seed` and the initialisation index `init`; `trained`:
+    then trained as `models.<arch>.pretrain` says (the grid's `trained` victim), on the real pretraining pool."""
     if arch not in ARCH_MODALITY:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCH_MODALITY)}")
     cfg = getattr(params.models, arch)
@@ -326,7 +334,7 @@ def build_victim(arch: str, params: Params, device: torch.device | None = None, 
     num_classes = NUM_CLASSES[cfg.dataset]
     tokenizer = None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(params.study.seed, "model", arch))
+        torch.manual_seed(derive_seed(params.study.seed, "model", arch, *init_tags(init)))
         if arch == "lenet":
             model = LeNet(CHANNELS[cfg.dataset], num_classes)
             if cfg.init == "uniform":
@@ -347,7 +355,8 @@ def build_victim(arch: str, params: Params, device: torch.device | None = None, 
     if trained:
         if not cfg.pretrain.epochs:
             raise ValueError(f"a trained {arch} needs models.{arch}.pretrain.epochs > 0")
-        victim.pretrain_losses = pretrain(victim, cfg.pretrain, derive_seed(params.study.seed, "pretrain", arch))
+        seed = derive_seed(params.study.seed, "pretrain", arch, *init_tags(init))
+        victim.pretrain_losses = pretrain(victim, cfg.pretrain, seed)
     return victim
 
 

@@ -213,8 +213,8 @@ def null_dim_vs_ratio(ranks: pd.DataFrame) -> plt.Figure:
 # --- cell statistics and guidelines (stats.summary rows) ------------------------------------------------------------
 def protected_share(summary: pd.DataFrame, level: str, attack: str, cfg: Guidelines) -> plt.Figure:
     """Per architecture: the protected share of `attack`'s trials at `level` vs ratio, one line per metric, with its
-    Wilson interval as error bars (the attacker and victim the guidelines read)."""
-    rows = main_trials(summary[summary.attack == attack], cfg)
+    Wilson interval as error bars (the attacker and victim the guidelines read; each cell's own adversary)."""
+    rows = main_trials(summary[(summary.attack == attack) & ~summary.slice.astype(bool)], cfg)
     archs = sorted(rows.arch.unique())
     fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.2 * max(len(archs), 1), 3.4), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=False):

@@ -77,7 +77,8 @@ class Cost(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     he_ciphertexts: int
-    he_bytes: int
+    he_bytes: int  # on the wire: serialized ciphertexts, visible values as float32, the mask
+    he_bytes_sd: float  # how much he_bytes varies between encryptions of the same update (`cost`)
     he_encrypt_s: float
 
 

@@ -100,6 +100,7 @@ def _reachable(minimum: float, why: str) -> AfterValidator:
 # --- sections ----------------------------------------------------------------------------------------------------
 class Study(Section):
     seed: Annotated[int, Field(ge=0)]
+    model_seeds: PosInt  # model initialisations every grid runs on; a sample is (initialisation, target)
     device: Literal["auto", "cpu", "cuda"]
 
 

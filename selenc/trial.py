@@ -25,7 +25,7 @@ from selenc.attacks import BATCHED, VECTORISED, AttackResult
 from selenc.gradients import FlatLayout, client_update
 from selenc.grid import Trial
 from selenc.metrics import image_scores, text_scores
-from selenc.models import Batch, Victim, target_batch
+from selenc.models import Batch, Victim, init_tags, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
 from selenc.selection import decoy_key, make_mask
@@ -70,7 +70,7 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
     start = time.perf_counter()
     cfg = getattr(params.models, trial.arch)
     b = params.update.batch_size
-    seed = derive_seed(params.study.seed, "trial", trial.arch, trial.trial)
+    seed = derive_seed(params.study.seed, "trial", trial.arch, trial.trial, *init_tags(trial.init))
     own = list(range(trial.trial * b, trial.trial * b + b))
     batch = target_batch(victim, cfg.dataset, own)
     update = client_update(victim, batch, params.update)

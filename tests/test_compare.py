@@ -23,7 +23,8 @@ def test_comparison_metrics_count_overstated_cells_and_the_support(params):
     out = compare.comparison_metrics(table_of(aware + zero), params.guidelines, "strict", seed=0)["lenet"]
     # 0.3 overstated (zero-fill protected, mask-aware broken), 0.6 protected by both
     assert out["zero_fill_overstated_cells"] == {"overstated": 1, "cells": 2, "level": "strict"}
-    assert out["zero_fill_gap"]["n"] == 10 and out["shared_mask_gap"] is None
+    gap = out["zero_fill_gap"]
+    assert (gap["n_samples"], gap["n_pairs"]) == (5, 10) and gap["min_p"] == 0.0625 and out["shared_mask_gap"] is None
     assert out["support_threshold"] == {"median": 0.3, "min": 0.3, "max": 0.3}
     assert out["label_acc_unprotected"] == 1.0 and set(out["t4"]) == {"dlg"}
     moderate = compare.comparison_metrics(table_of(aware + zero), params.guidelines, "moderate", seed=0)["lenet"]
@@ -40,6 +41,7 @@ def test_comparison_metrics_read_the_attacker_the_guidelines_read(params):
     by_aware = compare.comparison_metrics(table, params.guidelines, "strict", seed=0)["lenet"]
     by_zero = compare.comparison_metrics(table, zero_cfg, "strict", seed=0)["lenet"]
     assert by_aware["t4"]["dlg"]["n"] == 10 and by_zero["t4"]["dlg"]["n"] == 10
+    assert by_aware["t4"]["dlg"]["n_samples"] == 5  # rows of one sample at two ratios: five samples
     assert by_aware["label_acc_unprotected"] == 1.0 and by_zero["label_acc_unprotected"] is None  # no ρ = 0 row
 
 
@@ -56,9 +58,10 @@ def test_cli_writes_the_three_outputs_or_nothing(tmp_path):
     done = cli(tmp_path, table)
     assert done.returncode == 0, done.stderr
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
-    assert set(summary.attack) == {"dlg", "strongest"} and (summary.n == 5).all()
+    assert set(summary.attack) == {"dlg", "strongest"} and (summary.n_samples == 5).all()
     paired = pd.read_csv(tmp_path / "results" / "paired.csv")
     assert paired[["metric_a", "metric_b"]].values.tolist() == [["magnitude", "random"]] * 2  # dlg and strongest
+    assert (paired.n_samples == 5).all() and (paired.n_pairs == 10).all() and not paired.significant.any()
     metrics = json.loads((tmp_path / "metrics" / "attacks.json").read_text())
     assert set(metrics) == {"lenet"} and metrics["lenet"]["label_acc_unprotected"] == 1.0
 

@@ -26,3 +26,6 @@ def test_cost_grows_with_the_ratio_and_counts_ciphertexts_as_packed(params, lene
         assert measured[r].he_ciphertexts == math.ceil(budget(r, n) / slots) and measured[r].he_encrypt_s > 0
     # a CKKS ciphertext is far larger than the float32 values it replaces: bytes grow with the ratio
     assert measured[0.0].he_bytes < measured[0.1].he_bytes < measured[1.0].he_bytes
+    # fresh randomness compresses differently: a spread is measured, small against the bytes, none without ciphertexts
+    assert measured[0.0].he_bytes_sd == 0.0
+    assert 0 < measured[0.1].he_bytes_sd < 0.01 * measured[0.1].he_bytes

@@ -37,7 +37,7 @@ TINY = {
     "sweep.bound_grid": 2,
     "sweep.bound_iters": 1,
 }
-VARYING = ["attack_s", "trial_s", "he_encrypt_s", "he_bytes"]  # measurements: wall clock, compressed sizes
+VARYING = ["attack_s", "trial_s", "he_encrypt_s", "he_bytes", "he_bytes_sd"]  # measurements: clock, compressed sizes
 
 
 @pytest.fixture
@@ -195,16 +195,40 @@ def test_bad_data_fails_every_trial_and_is_not_replayed_once_fixed(tiny, tmp_pat
     assert (run_sweep(tiny, "lenet", cache_dir=tmp_path / "cache", progress=False).status == "ok").all()
 
 
+def warned_files(caught) -> set[str]:
+    return {Path(str(w.message).split("cache entry ")[1].split(" (")[0]).name for w in caught}
+
+
 def test_unreadable_cache_entries_are_recomputed_with_a_warning(tiny, tmp_path):
     table = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
     folder = tmp_path / "trials" / "lenet"
     truncated, foreign = sorted(folder.glob("*.json"))[:2]
     truncated.write_text(truncated.read_text()[:40])
-    foreign.write_text(json.dumps(json.loads(foreign.read_text()) | {"psnr": "high"}))  # not the row schema
-    with pytest.warns(UserWarning, match="unreadable cache entry") as caught:
+    stored = json.loads(foreign.read_text())
+    stored["entry"]["psnr"] = "high"  # not the row schema (and no longer its hash)
+    foreign.write_text(json.dumps(stored))
+    with pytest.warns(UserWarning, match="ignoring cache entry") as caught:
         again = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
-    assert {Path(str(w.message).split()[4]).name for w in caught} == {truncated.name, foreign.name}
-    assert json.loads(truncated.read_text())["status"] == "ok" and json.loads(foreign.read_text())["psnr"] != "high"
+    assert warned_files(caught) == {truncated.name, foreign.name}
+    assert json.loads(truncated.read_text())["entry"]["status"] == "ok"
+    assert json.loads(foreign.read_text())["entry"]["psnr"] != "high"
+    pd.testing.assert_frame_equal(again.drop(columns=VARYING), table.drop(columns=VARYING))
+
+
+def test_a_cached_number_edited_to_another_valid_value_is_recomputed(tiny, tmp_path):
+    """An entry whose PSNR was edited to a plausible 99.0 still fits the schema; its content hash does not: the sweep
+    warns naming the file, recomputes the trial and the table holds the measured value again."""
+    table = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
+    folder = tmp_path / "trials" / "lenet"
+    path = sorted(folder.glob("*.json"))[0]
+    stored = json.loads(path.read_text())
+    measured = stored["entry"]["psnr"]
+    stored["entry"]["psnr"] = 99.0
+    path.write_text(json.dumps(stored))
+    with pytest.warns(UserWarning, match="no longer matches its hash") as caught:
+        again = run_sweep(tiny, "lenet", cache_dir=tmp_path, progress=False)
+    assert warned_files(caught) == {path.name}
+    assert json.loads(path.read_text())["entry"]["psnr"] == measured and 99.0 not in set(again.psnr)
     pd.testing.assert_frame_equal(again.drop(columns=VARYING), table.drop(columns=VARYING))
 
 

@@ -11,124 +11,95 @@ from tests.test_stats import rows
 
 
 def gap(n, median, low, high, p):
-    return {"n": n, "median": median, "ci_low": low, "ci_high": high, "p": p}
+    return {
+        "n_samples": n,
+        "n_pairs": 2 * n,
+        "median": median,
+        "ci_low": low,
+        "ci_high": high,
+        "p": p,
+        "min_p": 2 / 2**n,
+    }
 
 
 METRICS = {
     "lenet": {
         "zero_fill_gap": gap(16, 7.3, 3.8, 11.9, 6e-5),
+        "decoy_gap": gap(3, 0.1, -0.2, 0.4, 0.25),
         "zero_fill_overstated_cells": {"overstated": 3, "cells": 8, "level": "moderate"},
         "shared_mask_gap": None,
         "trained_gap": gap(20, 0.5, -2.4, 2.4, 0.87),
         "support_threshold": {"median": 0.9, "min": 0.8, "max": 1.0},
         "label_acc_unprotected": 1.0,
-        "t4": {"dlg": {"partial_spearman": -0.6, "n": 40, "ci": [-0.77, -0.35], "per_ratio": {}}},
+        "t4": {"dlg": {"partial_spearman": -0.6, "n": 40, "n_samples": 5, "ci": [-0.77, -0.35], "per_ratio": {}}},
         "t4_spearman_cells": {"dlg": -0.9},
     },
     "bert": {"zero_fill_gap": None, "support_threshold": None, "label_acc_unprotected": None, "t4": {}},
 }
 
 
-def test_gap_table_and_sentences_carry_n_interval_and_significance():
+def test_gap_table_and_sentences_carry_samples_interval_and_significance():
     table = findings.gap_table(METRICS, ["lenet", "bert"])
-    assert table.comparison.tolist() == ["zero_fill_gap", "trained_gap"]
-    assert table.significant.tolist() == [True, False] and table.pairs.tolist() == [16, 20]
+    assert table.comparison.tolist() == ["zero_fill_gap", "decoy_gap", "trained_gap"]
+    assert table.significant.tolist() == [True, False, False] and table.samples.tolist() == [16, 3, 20]
+    assert table.pairs.tolist() == [32, 6, 40] and table["smallest p possible"].iloc[1] == 0.25
     text = findings.gap_sentences(METRICS, ["lenet", "bert"])
-    assert "over 16 paired samples" in text and "**7.3**" in text and "[3.8, 11.9]" in text
+    assert "over 16 samples (32 pairs)" in text and "**7.3**" in text and "[3.8, 11.9]" in text
     assert "**3 of 8** cells protected at the moderate level" in text  # the level compare counted at
     assert "p = 0.87, not significant" in text and "**bert**: no cell was run under both threat models" in text
+    few = {"lenet": {"zero_fill_gap": gap(3, 2.0, 1.0, 3.0, 0.25), "zero_fill_overstated_cells": None}}
+    assert "too few samples to reach 0.05 (smallest possible p 0.25)" in findings.gap_sentences(few, ["lenet"])
 
 
-def test_t4_table_and_verdict_call_the_sign_only_when_the_interval_excludes_zero():
+def test_t4_table_and_verdict_call_the_sign_only_when_the_interval_over_samples_excludes_zero():
+    within = {"r0.3": {"spearman": -0.5, "n": 20, "n_samples": 5, "ci": [-0.9, -0.1]}}
     t4 = {
-        "a": {
-            "partial_spearman": -0.6,
-            "n": 40,
-            "ci": [-0.77, -0.35],
-            "per_ratio": {"r0.3": {"spearman": -0.5, "n": 20, "p": 0.02}},
-        },
-        "b": {"partial_spearman": 0.1, "n": 20, "ci": [-0.3, 0.5], "per_ratio": {}},
-        "c": {"partial_spearman": 0.7, "n": 20, "ci": [0.2, 0.9], "per_ratio": {}},
-        "d": {"partial_spearman": math.nan, "n": 3, "ci": [math.nan, math.nan], "per_ratio": {}},
+        "a": {"partial_spearman": -0.6, "n": 40, "n_samples": 5, "ci": [-0.77, -0.35], "per_ratio": within},
+        "b": {"partial_spearman": 0.1, "n": 20, "n_samples": 5, "ci": [-0.3, 0.5], "per_ratio": {}},
+        "c": {"partial_spearman": 0.7, "n": 20, "n_samples": 5, "ci": [0.2, 0.9], "per_ratio": {}},
+        "d": {"partial_spearman": math.nan, "n": 3, "n_samples": 1, "ci": [math.nan, math.nan], "per_ratio": {}},
+        "e": {"partial_spearman": -0.9, "n": 40, "n_samples": 2, "ci": [math.nan, math.nan], "per_ratio": {}},
     }
     table = findings.t4_table(t4, {"a": -0.9})
-    assert (
-        table.loc["a", "within r0.3"] == "-0.50 (n=20, p=0.02)" and table.loc["a", "across cells (ρ included)"] == -0.9
-    )
+    assert table.loc["a", "within r0.3"] == "-0.50 [-0.90, -0.10] (5 samples)"
+    assert table.loc["a", "across cells (ρ included)"] == -0.9 and table.loc["a", "samples"] == 5
     verdict = findings.t4_verdict(t4)
-    assert "a: **-0.60** (95% CI [-0.77, -0.35], n = 40): negative beyond the ratio" in verdict
-    assert "b: **0.10** (95% CI [-0.30, 0.50], n = 20): not significant" in verdict
+    assert "a: **-0.60** (95% CI [-0.77, -0.35] over 5 samples, 40 rows): negative beyond the ratio" in verdict
+    assert "b: **0.10** (95% CI [-0.30, 0.50] over 5 samples, 20 rows): not significant" in verdict
     assert "c: **0.70**" in verdict and "): positive" in verdict
-    assert "d: too few trials" in verdict
+    assert "d: too few trials" in verdict and "e: -0.90 on 2 samples: too few samples for an interval" in verdict
 
 
 def paired_rows() -> pd.DataFrame:
     base = {"arch": "lenet", "threat_model": "mask_aware", "mask_source": "own", "ties": "index", "victim": "untrained"}
-    out = [
-        base
-        | {
-            "attack": "strongest",
-            "metric_a": "distance",
-            "metric_b": "random",
-            "n": 10,
-            "median_diff": -2.8,
-            "ci_low": -3.0,
-            "ci_high": -1.9,
-            "p": 0.002,
-            "p_holm": 0.02,
-            "significant": True,
-        },
-        base
-        | {
-            "attack": "strongest",
-            "metric_a": "layer_last",
-            "metric_b": "random",
-            "n": 10,
-            "median_diff": 7.9,
-            "ci_low": 6.4,
-            "ci_high": 12.3,
-            "p": 0.002,
-            "p_holm": 0.02,
-            "significant": True,
-        },
-        base
-        | {
-            "attack": "strongest",
-            "metric_a": "weight",
-            "metric_b": "random",
-            "n": 10,
-            "median_diff": -0.1,
-            "ci_low": -1.0,
-            "ci_high": 1.0,
-            "p": 0.8,
-            "p_holm": 1.0,
-            "significant": False,
-        },
-        base
-        | {
-            "attack": "dlg",
-            "metric_a": "weight",
-            "metric_b": "random",
-            "n": 5,
-            "median_diff": -0.1,
-            "ci_low": -1.0,
-            "ci_high": 1.0,
-            "p": 0.8,
-            "p_holm": 1.0,
-            "significant": False,
-        },
-    ]
-    return pd.DataFrame(out)
+
+    def comparison(attack, metric, n, diff, low, high, p, p_holm, significant):
+        return (
+            base
+            | {"attack": attack, "metric_a": metric, "metric_b": "random", "n_samples": n, "n_pairs": 2 * n}
+            | {"median_diff": diff, "ci_low": low, "ci_high": high, "p": p, "min_p": 2 / 2**n, "p_holm": p_holm}
+            | {"significant": significant}
+        )
+
+    return pd.DataFrame(
+        [
+            comparison("strongest", "distance", 10, -2.8, -3.0, -1.9, 0.002, 0.02, True),
+            comparison("strongest", "layer_last", 10, 7.9, 6.4, 12.3, 0.002, 0.02, True),
+            comparison("strongest", "weight", 10, -0.1, -1.0, 1.0, 0.8, 1.0, False),
+            comparison("dlg", "weight", 5, -0.1, -1.0, 1.0, 0.8, 1.0, False),
+        ]
+    )
 
 
 def test_paired_findings_count_and_name_the_significant_comparisons(params):
     paired = paired_rows()
     counts = findings.paired_counts(paired)
-    assert counts.loc[("lenet", "strongest")].tolist() == [3, 2, 10, 10]
+    assert counts.loc[("lenet", "strongest")].tolist() == [3, 2, 10, 10, 0]
+    assert counts.loc[("lenet", "dlg")].tolist() == [1, 0, 5, 5, 1]  # five samples can never reach 0.05
     assert findings.significant_pairs(paired).metric_a.tolist() == ["distance", "layer_last"]
     verdict = findings.strongest_verdict(paired, params.guidelines)
     assert "**1 of 3** comparisons find metric a significantly better" in verdict and "1 significantly worse" in verdict
-    assert "lenet distance vs random -2.8 [-3, -1.9] (n = 10)" in verdict and "layer_last vs" not in verdict
+    assert "lenet distance vs random -2.8 [-3, -1.9] (10 samples)" in verdict and "layer_last vs" not in verdict
     assert "2/2^10 = 0.00195" in findings.no_significance_note(paired)
     empty = pd.read_csv(io.StringIO(",".join(paired.columns) + "\n"))  # paired.csv of a grid with no pairs
     assert findings.significant_pairs(empty).empty and "**0 of 0**" in findings.strongest_verdict(
@@ -141,8 +112,8 @@ def test_sweep_findings_and_victim_medians_read_the_guidelines_rows(params):
         rows("dlg", "magnitude", {0.0: 40.0, 0.3: 20.0, 1.0: 5.0}) + rows("dlg", "random", {0.0: 40.0, 0.3: 30.0})
     )
     text = findings.sweep_findings(table, "lenet", params.guidelines)
-    assert "PSNR (dB) 40.00 unprotected (ρ=0, n = 10) and 5.00 fully encrypted (ρ=1, n = 5)" in text
-    assert "At ρ=0.3 the best metric is **magnitude** (20.00, n = 5), the worst random (30.00, n = 5)" in text
+    assert "PSNR (dB) 40.00 unprotected (ρ=0, 10 samples) and 5.00 fully encrypted (ρ=1, 5 samples)" in text
+    assert "At ρ=0.3 the best metric is **magnitude** (20.00, 5 samples), the worst random (30.00, 5 samples)" in text
     assert findings.victim_medians(table, "lenet", params.guidelines) is None
     trained = pd.DataFrame(rows("dlg", "magnitude", {0.3: 25.0})).assign(victim="trained")
     medians = findings.victim_medians(pd.concat([table, trained]), "lenet", params.guidelines)
@@ -156,21 +127,56 @@ def test_sweep_findings_and_victim_medians_read_the_guidelines_rows(params):
     assert findings.sweep_findings(table, "lenet", zero_fill).startswith("No finished trial")
 
 
-def test_cell_counts_and_support_table(params):
+def test_cell_counts_median_tables_and_support_table(params):
+    base = {"arch": "lenet", "threat_model": "mask_aware", "mask_source": "own", "ties": "index", "victim": "untrained"}
     summary = pd.DataFrame(
         [
-            {
-                "arch": "lenet",
+            base
+            | {
                 "attack": "dlg",
-                "threat_model": "mask_aware",
-                "mask_source": "own",
-                "ties": "index",
-                "victim": "untrained",
-                "n": n,
-            }
-            for n in (5, 3)
+                "attack_set": "dlg",
+                "slice": False,
+                "metric": "magnitude",
+                "ratio": 0.3,
+                "n_samples": 5,
+                "median": 12.0,
+            },
+            base
+            | {
+                "attack": "dlg",
+                "attack_set": "dlg",
+                "slice": False,
+                "metric": "random",
+                "ratio": 0.3,
+                "n_samples": 3,
+                "median": 20.0,
+            },
+            base
+            | {
+                "attack": "strongest",
+                "attack_set": "dlg",
+                "slice": False,
+                "metric": "magnitude",
+                "ratio": 0.3,
+                "n_samples": 5,
+                "median": 12.0,
+            },
+            base
+            | {
+                "attack": "strongest",
+                "attack_set": "dlg+ig",
+                "slice": True,
+                "metric": "magnitude",
+                "ratio": 0.3,
+                "n_samples": 3,
+                "median": 99.0,
+            },
         ]
     )
-    assert findings.cell_counts(summary, params.guidelines).loc[("lenet", "dlg")].tolist() == [2, 3, 5]
+    counts = findings.cell_counts(summary, params.guidelines)
+    assert counts.loc[("lenet", "dlg", "dlg")].tolist() == [2, 3, 5]
+    assert counts.loc[("lenet", "strongest", "dlg+ig")].tolist() == [1, 3, 3]
+    medians, fewest, most = findings.median_tables(summary, params.guidelines, "lenet")[0.3]
+    assert (fewest, most) == (3, 5) and medians.loc["strongest", "magnitude"] == 12.0  # the slice stays out
     support = findings.support_table(METRICS, ["lenet", "bert"])
     assert support.iloc[0, 1:].tolist() == [0.9, 0.8, 1.0, 1.0] and support.iloc[1, 1:].isna().all()

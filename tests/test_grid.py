@@ -12,6 +12,10 @@ def test_grid_expansion_and_shared_ratio_endpoints(raw):
     assert len(trials) == 2 * 2 * 2  # metrics x ratios x trials
     assert len(distinct(trials)) == 6  # at ρ = 0 the mask is empty whatever the metric: those trials are run once
     assert len({trial_key(t, tiny) for t in trials}) == 6
+    seeds = with_changes(raw, **(TINY | {"study.model_seeds": 3}))
+    inits = expand(seeds, "lenet")
+    assert len(inits) == 3 * len(trials) and [t.init for t in inits[:6]] == [0, 0, 1, 1, 2, 2]
+    assert [t for t in inits if t.init == 0] == trials  # the first initialisation is the study's one of before
 
 
 def test_slices_add_their_own_trials_once_after_the_main_grid(raw):
@@ -46,6 +50,7 @@ def trial(**changes) -> Trial:
         mask_source="own",
         ties="index",
         victim="untrained",
+        init=0,
         trial=0,
     )
     return Trial(**(base | changes))
@@ -68,6 +73,7 @@ def test_identity_merges_exactly_the_trials_whose_mask_cannot_differ():
         {"threat_model": "zero_fill"},
         {"trial": 1},
         {"victim": "trained"},
+        {"init": 1},
         {"attack": "idlg"},
     ):
         assert trial().identity() != trial(**changed).identity(), changed
@@ -78,4 +84,5 @@ def test_upload_is_what_the_client_sends_whoever_attacks_it():
     assert trial().upload() == trial(attack="linear", threat_model="zero_fill").upload()
     assert trial().upload() != trial(metric="random").upload()
     assert trial().upload() != trial(trial=1).upload() != trial(victim="trained").upload()
+    assert trial().upload() != trial(init=1).upload()  # another initialisation: another model, another update
     assert distinct([trial(ratio=0.0), trial(ratio=0.0, metric="random"), trial()]) == [trial(ratio=0.0), trial()]

@@ -152,8 +152,8 @@ def _dvc(*args: str, cwd: Path) -> str:
 @pytest.mark.slow
 def test_execution_settings_leave_dvc_status_clean_and_knobs_stale_only_their_stages(tmp_path):
     """dvc.yaml's stages with their real params lists (commands that do nothing, no files): after a repro, changing
-    how trials run leaves every stage up to date; a text attack's knob stales the text sweeps and the theory stage,
-    never sweep@lenet."""
+    how trials run leaves every stage up to date; a text attack's knob stales the text sweeps, the theory stage and the
+    guidelines (which state the budgets), never sweep@lenet."""
     stages = copy.deepcopy(dvc_stages())
     for stage in stages.values():
         body = stage.get("do", stage)
@@ -173,4 +173,10 @@ def test_execution_settings_leave_dvc_status_clean_and_knobs_stale_only_their_st
 
     raw["attacks"]["text"]["tag"]["steps"] += 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert set(json.loads(_dvc("status", "--json", cwd=tmp_path))) == {"theory", "sweep@bert", "sweep@gpt2"}
+    # the guidelines state each adversary's budget: they read the knobs too
+    assert set(json.loads(_dvc("status", "--json", cwd=tmp_path))) == {
+        "theory",
+        "sweep@bert",
+        "sweep@gpt2",
+        "guidelines",
+    }

@@ -100,13 +100,15 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     assert {"lenet", "cnn", "bert", "gpt2"} == set(attacks)
     keys = {"zero_fill_gap", "zero_fill_overstated_cells", "shared_mask_gap", "decoy_gap", "support_threshold", "t4"}
     assert all(keys <= set(a) for a in attacks.values())
-    assert attacks["lenet"]["zero_fill_gap"]["n"] > 0 and attacks["gpt2"]["decoy_gap"]["n"] > 0
-    assert attacks["cnn"]["trained_gap"]["n"] == 1 and attacks["lenet"]["trained_gap"] is None
+    assert attacks["lenet"]["zero_fill_gap"]["n_samples"] == 1 and attacks["lenet"]["zero_fill_gap"]["n_pairs"] == 2
+    assert attacks["gpt2"]["decoy_gap"]["n_samples"] == 1 and attacks["gpt2"]["decoy_gap"]["min_p"] == 1.0
+    assert attacks["cnn"]["trained_gap"]["n_samples"] == 1 and attacks["lenet"]["trained_gap"] is None
     summary = pd.read_csv(reports / "results" / "summary.csv")
     trained = summary[summary.victim == "trained"]
     assert set(trained.arch) == {"cnn"} and {"ig", STRONGEST} == set(trained.attack)
     assert {"idlg", "dlg", STRONGEST} <= set(summary[summary.arch == "lenet"].attack)
     assert (summary.ci_low <= summary["median"]).all() and (summary["median"] <= summary.ci_high).all()
+    assert (summary.n_samples == 1).all() and "init" in pd.read_csv(reports / "results" / "lenet.csv")
     assert (reports / "results" / "paired.csv").is_file()
     records = json.loads((reports / "guidelines.json").read_text())
     assert records and all(set(r) == set(RECORD_KEYS) for r in records)

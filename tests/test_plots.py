@@ -54,6 +54,7 @@ def test_protected_share_draws_each_metric_with_its_wilson_interval(params):
         "mask_source": "own",
         "ties": "index",
         "victim": "untrained",
+        "slice": False,
     }
     summary = pd.DataFrame(
         [

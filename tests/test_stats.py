@@ -1,4 +1,5 @@
-"""Cell statistics: the strongest attacker per sample, intervals, paired tests, and T4's partial correlation."""
+"""Cell statistics with the sample as the unit: one adversary per cell, intervals, paired tests over samples, T4's
+partial correlation with a cluster bootstrap."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 from selenc import stats
 
 
-def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_aware", phi=0.5):
+def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_aware", phi=0.5, init=0):
     """Image trials of one (attack, metric); psnr_by_ratio values are a number or a list (one per trial)."""
     out = []
     for r, p in psnr_by_ratio.items():
@@ -22,6 +23,7 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "mask_source": "own",
                     "ties": "index",
                     "victim": "untrained",
+                    "init": init,
                     "trial": t,
                     "status": "ok",
                     "psnr": p[t] if isinstance(p, list) else p,
@@ -31,6 +33,7 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "phi": phi,
                     "he_encrypt_s": r * 10,
                     "he_bytes": int(r * 1000) + 5,
+                    "he_bytes_sd": r * 2,
                 }
             )
     return out
@@ -40,15 +43,46 @@ def test_strongest_takes_the_best_attack_per_sample_and_protects_only_when_all_f
     levels = params.guidelines.levels
     table = pd.DataFrame(
         rows("dlg", "magnitude", {0.5: [10.0, 30.0, 10.0, 10.0, 10.0]})
-        + rows("linear", "magnitude", {0.5: [25.0, 11.0, 10.0, 10.0, 10.0]}, trials=3)  # only samples 0-2
+        + rows("linear", "magnitude", {0.5: [25.0, 11.0, 10.0, 10.0, 10.0]})
     )
     t = stats.trials(table, levels)
     best = t[t.attack == stats.STRONGEST].set_index("trial").sort_index()
-    assert best.success.tolist() == [25.0, 30.0, 10.0, 10.0, 10.0]
+    assert best.success.tolist() == [25.0, 30.0, 10.0, 10.0, 10.0] and set(best.attack_set) == {"dlg+linear"}
     assert best.protected_strict.tolist() == [False, False, True, True, True]
     cell = stats.summary(table, levels).set_index("attack").loc[stats.STRONGEST]
-    assert cell.n == 5 and cell.protected_strict == pytest.approx(0.6) and cell["median"] == 10.0
-    assert cell.strict_low < 0.6 < cell.strict_high and cell.he_encrypt_s == 5.0
+    assert cell.n_samples == 5 and cell.protected_strict == pytest.approx(0.6) and cell["median"] == 10.0
+    assert cell.strict_low < 0.6 < cell.strict_high and cell.he_encrypt_s == 5.0 and not cell.slice
+
+
+def test_a_cell_whose_samples_ran_different_attacks_is_never_pooled(params):
+    """Samples 0-2 ran dlg and linear, samples 3-4 dlg only: the cell's adversary is dlg on all five; dlg+linear is a
+    slice of its own on samples 0-2, never mixed into the cell."""
+    levels = params.guidelines.levels
+    table = pd.DataFrame(
+        rows("dlg", "magnitude", {0.5: [10.0, 30.0, 10.0, 10.0, 10.0]})
+        + rows("linear", "magnitude", {0.5: [25.0, 11.0, 10.0]}, trials=3)
+    )
+    summary = stats.summary(table, levels)
+    strongest = summary[summary.attack == stats.STRONGEST].set_index("attack_set")
+    assert set(strongest.index) == {"dlg", "dlg+linear"}
+    cell, part = strongest.loc["dlg"], strongest.loc["dlg+linear"]
+    assert not cell.slice and cell.n_samples == 5 and cell.protected_strict == pytest.approx(0.8)  # dlg alone: 4 of 5
+    assert part.slice and part.n_samples == 3 and part.protected_strict == pytest.approx(1 / 3)  # 25, 30, 10
+    rows_ = stats.trials(table, levels)
+    assert len(rows_[(rows_.attack == stats.STRONGEST) & ~rows_.slice.astype(bool)]) == 5
+
+
+def test_samples_of_every_initialisation_are_the_units(params):
+    """A sample is (initialisation, target): target 0 under two initialisations is two samples of one cell."""
+    levels = params.guidelines.levels
+    table = pd.DataFrame(
+        rows("dlg", "magnitude", {0.5: 10.0}, trials=3) + rows("dlg", "magnitude", {0.5: 30.0}, 3, init=1)
+    )
+    cell = stats.summary(table, levels).set_index("attack").loc["dlg"]
+    assert cell.n_samples == 6 and cell.protected_strict == 0.5
+    twice = pd.concat([table, table.iloc[:1]])
+    with pytest.raises(ValueError, match="holds a sample twice"):
+        stats.summary(twice, levels)
 
 
 def test_unfinished_or_failing_bounds_are_not_protected(params):
@@ -76,44 +110,75 @@ def test_wilson_interval_matches_the_guideline_rule():
     assert low < 0.75 < high and high - low < stats.wilson(3, 4)[1] - stats.wilson(3, 4)[0]
 
 
-def test_paired_metrics_test_each_metric_against_random_over_the_inner_ratios(params):
-    """Five samples at each of two inner ratios are ten pairs: a metric that always beats random is significant after
-    Holm over its attack's family; a noisy one is not; ρ = 0 and 1 (the same mask whatever the metric) never enter."""
+def test_paired_metrics_count_samples_not_the_rows_they_pool(params):
+    """Five samples at each of two inner ratios are ten rows but five samples: averaged per sample, a metric that
+    always beats random reaches only the smallest p five samples allow (2/2^5), not significant; the same effect on
+    eight samples is. ρ = 0 and 1 (the same mask whatever the metric) never enter."""
     levels = params.guidelines.levels
-    good = [10.0 + i for i in range(5)]
-    bad = [20.0 + 2 * i for i in range(5)]
-    noise = [b + d for b, d in zip(bad, [3.0, -3.0, 4.0, -4.0, 1.0], strict=True)]  # as random, give or take
-    table = pd.DataFrame(
-        rows("dlg", "magnitude", {0.0: 40.0, 0.3: good, 0.6: good, 1.0: 5.0})
-        + rows("dlg", "random", {0.0: 40.0, 0.3: bad, 0.6: bad, 1.0: 5.0})
-        + rows("dlg", "weight", {0.0: 40.0, 0.3: noise, 0.6: noise, 1.0: 5.0})
-    )
-    paired = stats.paired_metrics(table, levels).set_index(["attack", "metric_a"])
+
+    def table(n):
+        good, bad = [10.0 + i for i in range(n)], [20.0 + 2 * i for i in range(n)]
+        noise = [b + d for b, d in zip(bad, [3.0, -3.0, 4.0, -4.0, 1.0, -1.0, 2.0, -2.0][:n], strict=True)]
+        return pd.DataFrame(
+            rows("dlg", "magnitude", {0.0: 40.0, 0.3: good, 0.6: good, 1.0: 5.0}, trials=n)
+            + rows("dlg", "random", {0.0: 40.0, 0.3: bad, 0.6: bad, 1.0: 5.0}, trials=n)
+            + rows("dlg", "weight", {0.0: 40.0, 0.3: noise, 0.6: noise, 1.0: 5.0}, trials=n)
+        )
+
+    paired = stats.paired_metrics(table(5), levels).set_index(["attack", "metric_a"])
     assert set(paired.metric_b) == {"random"} and set(paired.index.get_level_values(0)) == {"dlg", stats.STRONGEST}
-    one, other = paired.loc[("dlg", "magnitude")], paired.loc[("dlg", "weight")]
-    assert one.n == 10 and one.median_diff == -12.0 and one.ci_low <= -12.0 <= one.ci_high < 0
-    assert one.p < 0.01 and one.p_holm >= one.p and one.significant and not other.significant
-    assert (paired.p_holm >= paired.p).all()
-    without = stats.paired_metrics(table[table.metric != "random"], levels)  # no baseline: every pair
+    one = paired.loc[("dlg", "magnitude")]
+    assert one.n_samples == 5 and one.n_pairs == 10 and one.median_diff == -12.0 and one.ci_low <= -12.0 <= one.ci_high
+    assert one.p == pytest.approx(2 / 2**5) and one.min_p == one.p and not one.significant
+    # the rows one sample contributes are not independent: pooled as ten pairs the same data would look significant
+    inner = table(5)[lambda t: (t.ratio > 0) & (t.ratio < 1)].set_index(["ratio", "trial"])
+    rows_diff = (inner[inner.metric == "magnitude"].psnr - inner[inner.metric == "random"].psnr).to_numpy()
+    assert len(rows_diff) == 10 and stats.wilcoxon(rows_diff) < 0.01 < 0.05 < one.p
+    eight = stats.paired_metrics(table(8), levels).set_index(["attack", "metric_a"])
+    assert eight.loc[("dlg", "magnitude")].significant and not eight.loc[("dlg", "weight")].significant
+    assert (eight.p_holm >= eight.p).all() and eight.loc[("dlg", "magnitude")].min_p == 2 / 2**8
+    without = stats.paired_metrics(table(5)[lambda t: t.metric != "random"], levels)  # no baseline: every pair
     assert set(zip(without.metric_a, without.metric_b, strict=True)) == {("magnitude", "weight")}
 
 
-def test_paired_gap_reads_only_partial_encryption():
-    aware = rows("dlg", "magnitude", {0.0: 40.0, 0.3: [30.0, 31, 32, 33, 34], 1.0: 5.0})
-    zero = rows("dlg", "magnitude", {0.3: [10.0, 10, 12, 12, 9], 1.0: 5.0}, threat_model="zero_fill")
+def test_paired_gap_reads_only_partial_encryption_and_averages_each_sample():
+    aware = rows("dlg", "magnitude", {0.0: 40.0, 0.3: [30.0, 31, 32, 33, 34], 0.6: [30.0, 31, 32, 33, 34], 1.0: 5.0})
+    zero = rows(
+        "dlg",
+        "magnitude",
+        {0.3: [10.0, 10, 12, 12, 9], 0.6: [12.0, 12, 14, 14, 11], 1.0: 5.0},
+        threat_model="zero_fill",
+    )
     gap = stats.paired_gap(pd.DataFrame(aware + zero), "threat_model", "mask_aware", "zero_fill").iloc[0]
-    assert gap.n == 5 and gap["median"] == 21.0 and gap.ci_low <= 21.0 <= gap.ci_high
+    # per sample: mean of (20, 18), (21, 19), (20, 18), (21, 19), (25, 23)
+    assert gap.n_samples == 5 and gap.n_pairs == 10 and gap["median"] == 20.0 and gap.ci_low <= 20.0 <= gap.ci_high
+    assert gap.p == pytest.approx(1 / 16) and gap.min_p == pytest.approx(1 / 16)  # 5 samples: never below 0.0625
     assert stats.paired_gap(pd.DataFrame(aware), "threat_model", "mask_aware", "zero_fill").empty
+    assert stats.min_wilcoxon_p(5) == 0.0625 and stats.min_wilcoxon_p(6) < 0.05 and stats.min_wilcoxon_p(0) == 1.0
 
 
-def test_partial_spearman_removes_what_the_ratio_explains():
+def test_partial_spearman_removes_what_the_ratio_explains_and_resamples_samples():
     gen = np.random.default_rng(0)
     ratio = np.repeat([0.1, 0.3, 0.6], 30)
+    samples = np.tile(np.arange(30), 3)  # 30 samples, each at three ratios
     phi = ratio + gen.normal(0, 0.05, ratio.size)
     by_ratio = -ratio + gen.normal(0, 0.05, ratio.size)  # success driven by the ratio alone
-    r, n, low, high = stats.partial_spearman(phi, by_ratio, ratio)
-    assert n == 90 and low < 0 < high and abs(r) < 0.3
+    r, n, n_samples, low, high = stats.partial_spearman(phi, by_ratio, ratio, samples)
+    assert (n, n_samples) == (90, 30) and low < 0 < high and abs(r) < 0.3
     by_phi = -phi + gen.normal(0, 0.01, ratio.size)  # success driven by φ beyond the ratio
-    r, _, low, high = stats.partial_spearman(phi, by_phi, ratio)
+    r, _, _, low, high = stats.partial_spearman(phi, by_phi, ratio, samples)
     assert r < -0.5 and high < 0
     assert np.isnan(stats.partial_spearman(phi, np.ones_like(phi), ratio)[0])
+    # the same 90 rows from only 2 samples: no interval (a cluster bootstrap needs 3), whatever the row count
+    assert np.isnan(stats.partial_spearman(phi, by_phi, ratio, samples % 2)[3])
+
+
+def test_a_cluster_interval_is_wider_than_one_that_counts_rows():
+    """Rows that repeat their sample's value carry no new information: resampling samples sees that, rows do not."""
+    gen = np.random.default_rng(1)
+    per_sample = gen.normal(0, 1, (6, 2))
+    x, y = np.repeat(per_sample[:, 0], 15), np.repeat(per_sample[:, 1], 15) + gen.normal(0, 0.01, 90)
+    samples = np.repeat(np.arange(6), 15)
+    by_sample = stats.cluster_bootstrap(stats.spearman, [x, y], samples)
+    by_row = stats.cluster_bootstrap(stats.spearman, [x, y], np.arange(90))
+    assert by_sample[1] - by_sample[0] > 2 * (by_row[1] - by_row[0])

@@ -6,7 +6,9 @@ one vectorised optimisation) and `ANALYTIC` (name -> one trial). From those, her
 - `MODALITY[name]`: "image" or "text", the package the attack sits in (config validates grids against it);
 - `BATCHED[name](observed_list, victim, cfg, threat_models, seeds) -> [AttackResult]`: a batch of independent trials
   (one model); an analytic attack runs its trials one after another;
-- `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial.
+- `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial;
+- `PUBLISHED_STEPS[name]`: the optimisation budget of the original procedure (None: analytic, or none published), so
+  that findings can state how the study's budgets compare.
 
 cfg is the attack's knobs (`settings.Attacks.of(name)`: None for the analytic `token_leakage` and `dager`). See
 `base` for the threat models.
@@ -26,8 +28,12 @@ VECTORISED = frozenset(name for pkg in _PACKAGES.values() for name in pkg.VECTOR
 BATCHED: dict[str, Callable[..., list[AttackResult]]] = {
     name: fn for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: one_by_one(fn) for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
+PUBLISHED_STEPS: dict[str, int | None] = image.PUBLISHED_STEPS | text.PUBLISHED_STEPS  # the originals' budgets
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     name: one_trial(fn) for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: fn for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
 
-__all__ = ["ATTACKS", "BATCHED", "MODALITY", "VECTORISED", "AttackResult", "Matcher"]
+if set(PUBLISHED_STEPS) != set(MODALITY):  # every attack says what the original procedure spent (None: nothing)
+    raise ImportError(f"PUBLISHED_STEPS {sorted(PUBLISHED_STEPS)} differs from the attacks {sorted(MODALITY)}")
+
+__all__ = ["ATTACKS", "BATCHED", "MODALITY", "PUBLISHED_STEPS", "VECTORISED", "AttackResult", "Matcher"]

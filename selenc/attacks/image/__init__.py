@@ -43,5 +43,10 @@ VECTORISED: dict[str, Callable[..., list[AttackResult]]] = {
     "linear": linear_batch,
 }
 ANALYTIC: dict[str, Callable[..., AttackResult]] = {}  # one trial at a time; the image attacks all optimise
+# The optimisation budget of each attack's original procedure (iterations, one restart), against which the study's
+# budgets (`attacks.image.<name>.steps`) are stated: DLG ran 300 L-BFGS steps of up to 20 iterations (iDLG the same);
+# Inverting Gradients 24,000 signed-Adam iterations. The linear-layer inversion's features are analytic; its image
+# search has no published budget (None).
+PUBLISHED_STEPS: dict[str, int | None] = {"dlg": 6000, "idlg": 6000, "ig": 24000, "linear": None}
 
 __all__ = ["ANALYTIC", "VECTORISED"]

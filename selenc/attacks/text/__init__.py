@@ -23,5 +23,8 @@ from selenc.attacks.text.token_leakage import token_leakage
 
 VECTORISED: dict[str, Callable[..., list[AttackResult]]] = {"tag": tag_batch, "lamp": lamp_batch}
 ANALYTIC: dict[str, Callable[..., AttackResult]] = {"token_leakage": token_leakage, "dager": dager}
+# The optimisation budget of each attack's original procedure (Adam steps), against which the study's budgets
+# (`attacks.text.<name>.steps`) are stated: TAG ~1,000 iterations, LAMP 2,000 steps. The analytic attacks have none.
+PUBLISHED_STEPS: dict[str, int | None] = {"tag": 1000, "lamp": 2000, "token_leakage": None, "dager": None}
 
 __all__ = ["ANALYTIC", "VECTORISED"]
