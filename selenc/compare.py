@@ -99,7 +99,7 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
         out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in stats.phi_spearman(rows, col).items()}
         out[arch]["t4"] = {
             attack: {k: (_round(v) if isinstance(v, float) else v) for k, v in t4.items()}
-            for attack, t4 in stats.phi_given_ratio(rows, col, seed).items()
+            for attack, t4 in stats.phi_given_ratio(rows, col).items()
         }
     return out
 

@@ -218,7 +218,8 @@ def _ci(ci: list[float]) -> str:
 
 def t4_table(t4: dict[str, dict], across: dict[str, float | None]) -> pd.DataFrame:
     """T4 per label (a theory case, or arch/attack): the partial Spearman correlation of φ(S) and success given ρ,
-    its cluster-bootstrap interval over samples, its samples and rows, the correlation across cells (ρ included) and
+    computed within each sample and averaged over samples with a t interval over them, its samples and rows, the
+    correlation across cells (ρ included) and
     within each ratio. `t4[label]` is a `stats.phi_given_ratio` entry, `across[label]` a `stats.phi_spearman`
     value."""
     rows = []

@@ -8,9 +8,9 @@ tables; it holds one row per sample, so its n is its sample count.
 
 Rows of one sample are not independent (a sample attacked at two ratios is still one sample): every paired test first
 averages a sample's differences within the comparison, then tests the per-sample means (exact Wilcoxon signed-rank,
-Holm over the family), and correlations take their intervals from a cluster bootstrap that resamples samples. With n
-samples the smallest two-sided Wilcoxon p is 2/2^n (`min_p`): below 6 samples no test can reach 0.05, and the tables
-say so.
+Holm over the family), and correlations are computed within each sample and averaged over samples, with a t interval
+over them (`over_samples`). With n samples the smallest two-sided Wilcoxon p is 2/2^n (`min_p`): below 6 samples no
+test can reach 0.05, and the tables say so.
 
 The *strongest* attacker of a cell is every attack that ran on all of the cell's samples at once (`attack_set`): a
 sample's success is the best of those attacks' and it is protected only when every one failed. Attacks that ran on
@@ -25,6 +25,7 @@ share's is Wilson's (`statsmodels`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -255,45 +256,43 @@ def _partial(ranks: np.ndarray) -> float:
     return float(np.clip((rxy - rxz * ryz) / denom, -1, 1)) if denom > 0 else float("nan")
 
 
-def cluster_bootstrap(statistic, columns: list[np.ndarray], clusters: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Percentile CONFIDENCE interval of `statistic(*columns)` from RESAMPLES resamples of whole clusters (samples)
-    with replacement: rows of one sample stay together, so the interval counts samples, not rows. nan with fewer
-    than 3 clusters."""
-    ids, inverse = np.unique(clusters, return_inverse=True, axis=0)
-    if len(ids) < 3:
-        return float("nan"), float("nan")
-    members = [np.flatnonzero(inverse.ravel() == c) for c in range(len(ids))]
-    gen = np.random.default_rng(seed)
-    values = []
-    for _ in range(RESAMPLES):
-        idx = np.concatenate([members[c] for c in gen.integers(0, len(ids), len(ids))])
-        values.append(statistic(*(col[idx] for col in columns)))
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < RESAMPLES / 2:  # most resamples undefined (a constant variable): no interval
-        return float("nan"), float("nan")
-    tail = 100 * ALPHA / 2
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+def over_samples(
+    statistic: Callable[..., float], columns: list[np.ndarray], samples: np.ndarray
+) -> tuple[float, int, int, float, float]:
+    """A correlation computed within each sample (rows of one sample together), then averaged over samples in
+    Fisher-z with a t interval over them (n_samples − 1 degrees of freedom): the sample is the unit, however many rows
+    each contributes. Returns (the back-transformed mean, rows, samples with a defined value, low, high); no interval
+    below 2 samples."""
+    ids, inverse = np.unique(samples, return_inverse=True, axis=0)
+    zs = []
+    for c in range(len(ids)):
+        rows = inverse.ravel() == c
+        value = statistic(*(col[rows] for col in columns))
+        if np.isfinite(value):
+            zs.append(np.arctanh(np.clip(value, -0.999999, 0.999999)))
+    n = len(zs)
+    if n == 0:
+        return float("nan"), len(columns[0]), 0, float("nan"), float("nan")
+    mean = float(np.mean(zs))
+    if n < 2:
+        return float(np.tanh(mean)), len(columns[0]), n, float("nan"), float("nan")
+    half = sps.t.ppf(1 - ALPHA / 2, n - 1) * float(np.std(zs, ddof=1)) / np.sqrt(n)
+    return float(np.tanh(mean)), len(columns[0]), n, float(np.tanh(mean - half)), float(np.tanh(mean + half))
 
 
 def partial_spearman(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, clusters: np.ndarray | None = None, seed: int = 0
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, samples: np.ndarray | None = None
 ) -> tuple[float, int, int, float, float]:
-    """Spearman correlation of x and y given z (the partial correlation of their ranks), its rows, its samples
-    (`clusters`: the sample of each row; None: every row its own) and a cluster-bootstrap CONFIDENCE interval over
-    samples. NaN when a variable is constant, no interval below 3 samples."""
+    """Spearman correlation of x and y given z (the partial correlation of their ranks) within each sample
+    (`samples`: the sample of each row; None: one sample), averaged over samples with a CONFIDENCE interval over them
+    (`over_samples`): its value, rows, samples, low, high. NaN where a variable is constant within every sample."""
     x, y, z = (np.asarray(v, dtype=float) for v in (x, y, z))
-    clusters = np.arange(len(x)) if clusters is None else np.asarray(clusters)
-    n_samples = len(np.unique(clusters, axis=0))
+    samples = np.zeros(len(x), dtype=int) if samples is None else np.asarray(samples)
 
     def statistic(a, b, c):
-        return _partial(np.column_stack([sps.rankdata(v) for v in (a, b, c)]))
+        return _partial(np.column_stack([sps.rankdata(v) for v in (a, b, c)])) if len(a) >= 4 else float("nan")
 
-    r = statistic(x, y, z) if len(x) >= 4 else float("nan")
-    if not np.isfinite(r):
-        return float("nan"), len(x), n_samples, float("nan"), float("nan")
-    low, high = cluster_bootstrap(statistic, [x, y, z], clusters, seed)
-    return r, len(x), n_samples, low, high
+    return over_samples(statistic, [x, y, z], samples)
 
 
 # --- the theory's checks read off results tables (T2, T4; the theory stage's own trials or any sweep's) -------------
@@ -340,26 +339,21 @@ def phi_spearman(table: pd.DataFrame, success: str) -> dict[str, float]:
     return {attack: spearman(group.phi, group.success) for attack, group in cells.groupby("attack")}
 
 
-def phi_given_ratio(table: pd.DataFrame, success: str, seed: int = 0) -> dict[str, dict]:
+def phi_given_ratio(table: pd.DataFrame, success: str) -> dict[str, dict]:
     """T4 beyond the ratio, per attack, over `table`'s finished trials with 0 < ρ < 1: the partial Spearman
-    correlation of φ(S) and success given ρ, and the Spearman correlation within each ratio (omitted where φ or
-    success is constant), each with its rows, its samples and a cluster-bootstrap interval over samples."""
+    correlation of φ(S) and success given ρ, and the Spearman correlation within each ratio, each computed within every
+    sample and averaged over samples with a t interval over them (`over_samples`): n counts rows, n_samples samples."""
     ok = finite(table, success)
     ok = ok[(ok.ratio > 0) & (ok.ratio < 1)]
     out = {}
     for attack, group in ok.groupby("attack"):
-        clusters = group[SAMPLE].to_numpy()
-        r, n, n_samples, low, high = partial_spearman(group.phi, group[success], group.ratio, clusters, seed)
+        samples = group[SAMPLE].to_numpy()
+        r, n, n_samples, low, high = partial_spearman(group.phi, group[success], group.ratio, samples)
         per_ratio = {}
         for ratio, at in group.groupby("ratio"):
-            if len(at) >= 3 and at.phi.nunique() > 1 and at[success].nunique() > 1:
-                x, y = at.phi.to_numpy(float), at[success].to_numpy(float)
-                lo, hi = cluster_bootstrap(spearman, [x, y], at[SAMPLE].to_numpy(), seed)
-                per_ratio[f"r{ratio:g}"] = {
-                    "spearman": spearman(x, y),
-                    "n": len(at),
-                    "n_samples": len(np.unique(at[SAMPLE].to_numpy(), axis=0)),
-                    "ci": [lo, hi],
-                }
+            x, y = at.phi.to_numpy(float), at[success].to_numpy(float)
+            rho, rows, k, lo, hi = over_samples(spearman, [x, y], at[SAMPLE].to_numpy())
+            if k:
+                per_ratio[f"r{ratio:g}"] = {"spearman": rho, "n": rows, "n_samples": k, "ci": [lo, hi]}
         out[attack] = {"partial_spearman": r, "n": n, "n_samples": n_samples, "ci": [low, high], "per_ratio": per_ratio}
     return out

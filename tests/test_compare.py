@@ -34,14 +34,16 @@ def test_comparison_metrics_count_overstated_cells_and_the_support(params):
 def test_comparison_metrics_read_the_attacker_the_guidelines_read(params):
     """Label accuracy and T4 come from the guidelines' rows: pointed at zero-fill, they are zero-fill's."""
     aware = rows("dlg", "magnitude", {0.0: 40.0, 0.3: 30.0, 0.6: 9.0}, phi=0.2)
+    aware += rows("dlg", "random", {0.3: 32.0, 0.6: 12.0}, phi=0.1)
     zero = rows("dlg", "magnitude", {0.3: 10.0, 0.6: 8.0}, threat_model="zero_fill", phi=0.2)
+    zero += rows("dlg", "random", {0.3: 12.0, 0.6: 9.0}, threat_model="zero_fill", phi=0.1)
     table = table_of(aware + zero)
     table.loc[table.threat_model == "zero_fill", "label_acc"] = 0.5
     zero_cfg = params.guidelines.model_copy(update={"threat_model": "zero_fill"})
     by_aware = compare.comparison_metrics(table, params.guidelines, "strict", seed=0)["lenet"]
     by_zero = compare.comparison_metrics(table, zero_cfg, "strict", seed=0)["lenet"]
-    assert by_aware["t4"]["dlg"]["n"] == 10 and by_zero["t4"]["dlg"]["n"] == 10
-    assert by_aware["t4"]["dlg"]["n_samples"] == 5  # rows of one sample at two ratios: five samples
+    assert by_aware["t4"]["dlg"]["n"] == 20 and by_zero["t4"]["dlg"]["n"] == 20
+    assert by_aware["t4"]["dlg"]["n_samples"] == 5  # four rows per sample (2 metrics x 2 ratios): five samples
     assert by_aware["label_acc_unprotected"] == 1.0 and by_zero["label_acc_unprotected"] is None  # no ρ = 0 row
 
 

@@ -157,28 +157,36 @@ def test_paired_gap_reads_only_partial_encryption_and_averages_each_sample():
     assert stats.min_wilcoxon_p(5) == 0.0625 and stats.min_wilcoxon_p(6) < 0.05 and stats.min_wilcoxon_p(0) == 1.0
 
 
-def test_partial_spearman_removes_what_the_ratio_explains_and_resamples_samples():
+def test_partial_spearman_removes_what_the_ratio_explains_and_counts_samples():
+    """Six samples of 15 rows each (5 metrics x 3 ratios): the correlation is taken within each sample and its
+    interval over the six, whatever the row count."""
     gen = np.random.default_rng(0)
-    ratio = np.repeat([0.1, 0.3, 0.6], 30)
-    samples = np.tile(np.arange(30), 3)  # 30 samples, each at three ratios
+    samples = np.repeat(np.arange(6), 15)
+    ratio = np.tile(np.repeat([0.1, 0.3, 0.6], 5), 6)
     phi = ratio + gen.normal(0, 0.05, ratio.size)
     by_ratio = -ratio + gen.normal(0, 0.05, ratio.size)  # success driven by the ratio alone
     r, n, n_samples, low, high = stats.partial_spearman(phi, by_ratio, ratio, samples)
-    assert (n, n_samples) == (90, 30) and low < 0 < high and abs(r) < 0.3
+    assert (n, n_samples) == (90, 6) and low < 0 < high and abs(r) < 0.3
     by_phi = -phi + gen.normal(0, 0.01, ratio.size)  # success driven by φ beyond the ratio
     r, _, _, low, high = stats.partial_spearman(phi, by_phi, ratio, samples)
     assert r < -0.5 and high < 0
-    assert np.isnan(stats.partial_spearman(phi, np.ones_like(phi), ratio)[0])
-    # the same 90 rows from only 2 samples: no interval (a cluster bootstrap needs 3), whatever the row count
-    assert np.isnan(stats.partial_spearman(phi, by_phi, ratio, samples % 2)[3])
+    assert np.isnan(stats.partial_spearman(phi, np.ones_like(phi), ratio, samples)[0])
+    one = stats.partial_spearman(phi, by_phi, ratio, np.zeros(90))  # all rows one sample: a value, no interval
+    assert one[2] == 1 and np.isfinite(one[0]) and np.isnan(one[3])
 
 
-def test_a_cluster_interval_is_wider_than_one_that_counts_rows():
-    """Rows that repeat their sample's value carry no new information: resampling samples sees that, rows do not."""
+def test_an_interval_over_samples_is_wider_than_one_that_counts_rows():
+    """Rows that repeat their sample's pattern carry little new information: six samples whose correlations differ
+    give a wide interval over samples, while a Fisher-z interval over the 90 rows (what counting rows gave) is
+    narrow."""
     gen = np.random.default_rng(1)
-    per_sample = gen.normal(0, 1, (6, 2))
-    x, y = np.repeat(per_sample[:, 0], 15), np.repeat(per_sample[:, 1], 15) + gen.normal(0, 0.01, 90)
     samples = np.repeat(np.arange(6), 15)
-    by_sample = stats.cluster_bootstrap(stats.spearman, [x, y], samples)
-    by_row = stats.cluster_bootstrap(stats.spearman, [x, y], np.arange(90))
-    assert by_sample[1] - by_sample[0] > 2 * (by_row[1] - by_row[0])
+    strength = np.repeat([-0.9, -0.2, -0.7, 0.1, -0.8, -0.4], 15)  # each sample its own relation
+    x = gen.normal(0, 1, 90)
+    y = strength * x + gen.normal(0, 0.3, 90)
+    r, n, k, low, high = stats.over_samples(stats.spearman, [x, y], samples)
+    assert (n, k) == (90, 6) and low < r < high
+    pooled = stats.spearman(x, y)
+    half = 1.96 / np.sqrt(90 - 3)
+    rows_low, rows_high = np.tanh(np.arctanh(pooled) - half), np.tanh(np.arctanh(pooled) + half)
+    assert high - low > 2 * (rows_high - rows_low)
