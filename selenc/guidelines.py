@@ -143,6 +143,13 @@ def budgets(attack_set: str, attacks: Attacks) -> str:
     return "; ".join(parts)
 
 
+def megabytes(size: float, sd: float) -> str:
+    """Bytes as MB in human units with their spread between encryptions, e.g. "1,841 ± 0.02"."""
+    mb = size / 1e6
+    value = f"{mb:,.0f}" if mb >= 100 else f"{mb:.3g}"
+    return f"{value} ± {sd / 1e6:.1g}"
+
+
 PLAN_KEYS = (
     "arch",
     "privacy_level",
@@ -199,13 +206,25 @@ def strategy_table(records: list[dict], summary: pd.DataFrame, cfg: Guidelines) 
                 "n_samples": r["n_samples"],
                 "protected_share": r["protected_share"],
                 "protected_share_ci": r["protected_share_ci"],
-                "he_mb": f"{r['he_bytes'] / 1e6:.3g} ± {r['he_bytes_sd'] / 1e6:.1g}",
-                "he_ms": round(1000 * r["he_encrypt_s"], 1),
+                "he_mb": megabytes(r["he_bytes"], r["he_bytes_sd"]),
+                "he_ms": f"{1000 * r['he_encrypt_s']:,.0f}"
+                if r["he_encrypt_s"] >= 0.1
+                else f"{1000 * r['he_encrypt_s']:.1f}",
                 "adversary": r["attack_set"],
                 "other_victim": on_other,
             }
         )
     return pd.DataFrame(out, columns=list(PLAN_KEYS), dtype=object)
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The records table in human units: MB (± spread) and ms instead of bytes and seconds."""
+    cost = [
+        (megabytes(b, sd), f"{1000 * t:,.1f}") if pd.notna(b) else (None, None)
+        for b, sd, t in zip(frame.he_bytes, frame.he_bytes_sd, frame.he_encrypt_s, strict=True)
+    ]
+    out = frame.drop(columns=["recommended", "he_bytes", "he_bytes_sd", "he_encrypt_s"])
+    return out.assign(he_mb=[c[0] for c in cost], he_ms=[c[1] for c in cost])
 
 
 def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, attacks: Attacks, reports: Path) -> None:
@@ -256,7 +275,7 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, a
         f"`status`: {PROTECTS} (from `min_ratio` on), {NONE_PROTECTS} (with enough samples), or {TOO_FEW} (fewer "
         "samples than the rule can pass: not evidence either way).",
         "",
-        frame.drop(columns="recommended").to_markdown(index=False),
+        readable(frame).to_markdown(index=False),
         "",
     ]
     files = {

@@ -114,6 +114,7 @@ def test_the_cli_writes_its_files_with_what_each_pick_rests_on(params, tmp_path)
     text = (tmp_path / "guidelines.md").read_text()
     assert "magnitude" in text and "upper bound on protection" in text and "on the **untrained** victim" in text
     assert "- dlg: dlg 1,000 steps of 6,000 published" in text and "needs at least 4 samples" in text
+    assert "he_mb" in text and "0.000505 ± 1e-06" in text and "he_bytes" not in text  # human units, with the spread
     metrics = json.loads((tmp_path / "metrics" / "guidelines.json").read_text())
     assert metrics["lenet.strict"]["n_samples"] == 5 and "not run" in metrics["lenet.strict"]["other_victim"]
     assert (tmp_path / "figures" / "guidelines.png").stat().st_size > 1000
