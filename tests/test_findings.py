@@ -129,50 +129,14 @@ def test_sweep_findings_and_victim_medians_read_the_guidelines_rows(params):
 
 def test_cell_counts_median_tables_and_support_table(params):
     base = {"arch": "lenet", "threat_model": "mask_aware", "mask_source": "own", "ties": "index", "victim": "untrained"}
-    summary = pd.DataFrame(
-        [
-            base
-            | {
-                "attack": "dlg",
-                "attack_set": "dlg",
-                "slice": False,
-                "metric": "magnitude",
-                "ratio": 0.3,
-                "n_samples": 5,
-                "median": 12.0,
-            },
-            base
-            | {
-                "attack": "dlg",
-                "attack_set": "dlg",
-                "slice": False,
-                "metric": "random",
-                "ratio": 0.3,
-                "n_samples": 3,
-                "median": 20.0,
-            },
-            base
-            | {
-                "attack": "strongest",
-                "attack_set": "dlg",
-                "slice": False,
-                "metric": "magnitude",
-                "ratio": 0.3,
-                "n_samples": 5,
-                "median": 12.0,
-            },
-            base
-            | {
-                "attack": "strongest",
-                "attack_set": "dlg+ig",
-                "slice": True,
-                "metric": "magnitude",
-                "ratio": 0.3,
-                "n_samples": 3,
-                "median": 99.0,
-            },
-        ]
-    )
+    columns = ["attack", "attack_set", "slice", "metric", "n_samples", "median"]
+    cells = [
+        ("dlg", "dlg", False, "magnitude", 5, 12.0),
+        ("dlg", "dlg", False, "random", 3, 20.0),
+        ("strongest", "dlg", False, "magnitude", 5, 12.0),
+        ("strongest", "dlg+ig", True, "magnitude", 3, 99.0),
+    ]
+    summary = pd.DataFrame([base | {"ratio": 0.3} | dict(zip(columns, c, strict=True)) for c in cells])
     counts = findings.cell_counts(summary, params.guidelines)
     assert counts.loc[("lenet", "dlg", "dlg")].tolist() == [2, 3, 5]
     assert counts.loc[("lenet", "strongest", "dlg+ig")].tolist() == [1, 3, 3]
