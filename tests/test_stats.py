@@ -1,5 +1,5 @@
 """Cell statistics with the sample as the unit: one adversary per cell, intervals, paired tests over samples, T4's
-partial correlation with a cluster bootstrap."""
+partial correlation within samples with an interval over them."""
 
 import numpy as np
 import pandas as pd
