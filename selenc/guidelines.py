@@ -33,6 +33,7 @@ from selenc.attacks import PUBLISHED_STEPS
 from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
+from selenc.results import main_trials
 from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel
 from selenc.stats import CONFIDENCE, STRONGEST, wilson
 
@@ -76,18 +77,11 @@ def min_protecting_ratio(cells: pd.DataFrame, name: str, level: PrivacyLevel) ->
     return float(cells.ratio.iloc[bad[-1] + 1 if len(bad) else 0])
 
 
-def read_rows(summary: pd.DataFrame, cfg: Guidelines, victim: str | None = None) -> pd.DataFrame:
-    """The summary rows of the attacker the guidelines read (`cfg`), on `victim` (default: `cfg.victim`)."""
-    victim = victim or cfg.victim
-    chosen = (summary.threat_model == cfg.threat_model) & (summary.mask_source == cfg.mask_source)
-    return summary[chosen & (summary.ties == cfg.ties) & (summary.victim == victim)]
-
-
 def guidelines(summary: pd.DataFrame, cfg: Guidelines) -> list[dict]:
     """Records (RECORD_KEYS) per (arch, attack and its adversary set, metric, level) of the summary rows the
     guidelines read; n and the share are the protecting ratio's, or the largest ratio's when none protects."""
     records = []
-    groups = read_rows(summary, cfg).groupby(["arch", "attack", "attack_set", "slice", "metric"], sort=True)
+    groups = main_trials(summary, cfg).groupby(["arch", "attack", "attack_set", "slice", "metric"], sort=True)
     for (arch, attack, attack_set, is_slice, metric), cells in groups:
         for name, level in cfg.levels.items():
             r = min_protecting_ratio(cells, name, level)
@@ -172,7 +166,7 @@ def strategy_table(records: list[dict], summary: pd.DataFrame, cfg: Guidelines) 
     ratio protects, `all` where only ρ = 1 does (there every metric encrypts everything, `grid.effective_metric`)."""
     frame = pd.DataFrame(records, columns=list(RECORD_KEYS))
     other = "trained" if cfg.victim == "untrained" else "untrained"
-    there = read_rows(summary, cfg, other)
+    there = main_trials(summary, cfg.model_copy(update={"victim": other}))
     out = []
     main = frame[(frame.attack == STRONGEST) & ~frame.slice.astype(bool)]
     for (arch, level), group in main.groupby(["arch", "privacy_level"], sort=True):
