@@ -93,14 +93,15 @@ def _step_functions(victim, batch: Batch, observed, x: torch.Tensor, tv: float):
     """The client's forward + backward, and one step of each attack objective (value and input gradient), as the
     attacks evaluate them (`Matching`, a batch of one trial)."""
     weights = [p for p in victim.model.parameters() if p.requires_grad]
-    matching = Matching(victim, observed)
+    matching = Matching(victim, observed, 1)
     target = observed.zero_filled()
     ones, norm = torch.ones_like(target), target.norm()
-    l2 = torch.func.grad_and_value(lambda x: matching.l2(x, batch.labels, target, ones, 1.0 / norm.square()))
-    cosine = torch.func.grad_and_value(lambda x: matching.cosine(x, batch.labels, target, ones, norm, tv))
+    args = (batch.labels[None], target[None], ones[None], norm[None])
+    l2 = matching.step(lambda x, y, t, w, n: matching.l2(x, y, t, w, 1.0 / n.square()), (0,) * 5)
+    cosine = matching.step(lambda x, y, t, w, n: matching.cosine(x, y, t, w, n, tv), (0,) * 5)
     return (
         lambda: torch.autograd.grad(victim.loss(batch), weights),
-        {"l2 (dlg/idlg)": lambda: l2(x), "cosine + TV (ig)": lambda: cosine(x)},
+        {"l2 (dlg/idlg)": lambda: l2(x[None], *args), "cosine + TV (ig)": lambda: cosine(x[None], *args)},
     )
 
 
@@ -114,7 +115,7 @@ def speed(params: Params, reps: int = 50) -> list[str]:
             batch = victim.image_batch(data.Images(images.images[:b], images.labels[:b]))
             observed = observe_client(victim, batch, params.update)
             x = random_images(observed.public, 0, "speed")
-            plain, steps = _step_functions(victim, batch, observed, x, params.attacks.image.ig.tv)
+            plain, steps = _step_functions(victim, batch, observed, x, params.attacks.image.ig.tv[0])
             base = _median_ms(plain, reps)
             for objective, step in steps.items():
                 ms = _median_ms(step, reps)
@@ -158,10 +159,11 @@ def main() -> None:
         parser.error("--images must lie in 1..20")
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    a = params.attacks
+    a = params.attacks.image
     print(
-        f"budgets: dlg {a.dlg.steps} steps x {a.dlg.restarts} restarts (lr {a.dlg.lr}); idlg {a.idlg.steps} x "
-        f"{a.idlg.restarts} (lr {a.idlg.lr}); ig {a.ig.steps} x {a.ig.restarts} (lr {a.ig.lr}, tv {a.ig.tv}); "
+        f"budgets: dlg {a.dlg.steps} steps x {a.dlg.restarts} restarts (lr {a.dlg.lr}, labels {a.dlg.labels}); idlg "
+        f"{a.idlg.steps} x {a.idlg.restarts} (lr {a.idlg.lr}); ig {a.ig.steps} x {a.ig.restarts} (lr {a.ig.lr}, tv "
+        f"{a.ig.tv}); "
         f"update {params.update.kind}, batch 1, ratio 0, mask_aware, seed {params.study.seed}, "
         f"{torch.get_num_threads()} thread(s)\n"
     )

@@ -35,7 +35,7 @@ from selenc.executors import EXECUTORS
 from selenc.grid import Trial, distinct, expand
 from selenc.models import resolve_device
 from selenc.results import Cost, Outcome
-from selenc.settings import LBFGSAttack, Params
+from selenc.settings import LBFGSAttack, Params, configurations
 
 # Largest vectorised batch when `sweep.batch_trials` is 0: on the 2-core CPU 8-32 trials per call are about equally
 # fast (benchmarks/engine.py); a GPU's throughput keeps rising into the thousands while memory allows.
@@ -70,11 +70,11 @@ def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
 def work(params: Params, part: list[Trial]) -> tuple[bool, int]:
     """A task's size for scheduling, longest first: L-BFGS tasks before the others (an iteration's line search may
     evaluate the objective many times: DLG on a ReLU network is the slowest task of its sweep), then its trials × the
-    attack's optimisation steps × restarts (1 for an analytic attack). Only the order in which tasks start depends on
-    it, never a result."""
+    attack's optimisation steps × restarts × configurations (1 for an analytic attack). Only the order in which tasks
+    start depends on it, never a result."""
     cfg = params.attacks.of(part[0].attack)
     lbfgs = isinstance(cfg, LBFGSAttack) or getattr(cfg, "optimiser", None) == "lbfgs"
-    return lbfgs, len(part) * (cfg.steps * cfg.restarts if cfg is not None else 1)
+    return lbfgs, len(part) * (cfg.steps * cfg.restarts * configurations(cfg) if cfg is not None else 1)
 
 
 def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = None) -> dict:

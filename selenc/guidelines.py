@@ -34,7 +34,7 @@ from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
 from selenc.results import main_trials
-from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel
+from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel, configurations
 from selenc.stats import CONFIDENCE, STRONGEST, wilson
 
 PROTECTS, NONE_PROTECTS, TOO_FEW = "protects", "no ratio protects", "too few samples"
@@ -129,8 +129,9 @@ def budgets(attack_set: str, attacks: Attacks) -> str:
         if knobs is None:
             parts.append(f"{name} analytic")
             continue
-        spent = knobs.steps * knobs.restarts
+        spent = knobs.steps * knobs.restarts * configurations(knobs)
         runs = f"{knobs.steps:,} steps" + (f" x {knobs.restarts} restarts" if knobs.restarts > 1 else "")
+        runs += f" x {configurations(knobs)} configurations" if configurations(knobs) > 1 else ""
         parts.append(
             f"{name} {runs}" + (f" of {published:,} published ({spent / published:.2g}x)" if published else "")
         )

@@ -10,6 +10,7 @@ imports its sections from this module; `config.load_params` is the only way a pa
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -197,16 +198,28 @@ class HE(Section):
         return self
 
 
+def configurations(knobs: Section | None) -> int:
+    """How many configurations an attack runs from each init: the product of its list-valued knobs' lengths (IG's
+    `tv`, linear's `match`); 1 for an attack without any (or without knobs)."""
+    lengths = [len(v) for v in (dict(knobs) if knobs is not None else {}).values() if isinstance(v, list)]
+    return math.prod(lengths)
+
+
 class LBFGSAttack(Section):
     steps: PosInt
     lr: PosFloat
     restarts: PosInt
 
 
+class DLGAttack(LBFGSAttack):
+    # how the labels are taken, one configuration each: soft (optimised softmax, DLG's) | analytic (iDLG's reading)
+    labels: Annotated[list[Literal["soft", "analytic"]], Field(min_length=1)]
+
+
 class IGAttack(Section):
     steps: PosInt
     lr: PosFloat
-    tv: Annotated[float, Field(ge=0.0)]
+    tv: Annotated[list[Annotated[float, Field(ge=0.0)]], Field(min_length=1)]  # one configuration per TV weight
     restarts: PosInt
 
 
@@ -215,7 +228,8 @@ class LinearAttack(Section):
     lr: PosFloat
     tv: Annotated[float, Field(ge=0.0)]
     tv_lbfgs: Annotated[float, Field(ge=0.0)]  # the TV weight with L-BFGS's squared-distance objective
-    match: PosFloat  # weight of the gradient-matching term beside the feature term
+    # weights of the gradient-matching term beside the feature term, one configuration each
+    match: Annotated[list[PosFloat], Field(min_length=1)]
     restarts: PosInt
     optimiser: Literal["auto", "adam", "lbfgs"]  # auto: L-BFGS for a model without ReLU, signed Adam otherwise
 
@@ -241,7 +255,7 @@ class LAMPAttack(Section):
 
 
 class ImageAttacks(Section):
-    dlg: LBFGSAttack
+    dlg: DLGAttack
     idlg: LBFGSAttack
     ig: IGAttack
     linear: LinearAttack

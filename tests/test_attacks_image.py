@@ -2,6 +2,7 @@
 and real strength on the unprotected LeNet and CNN."""
 
 import dataclasses
+import inspect
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from selenc import data
 from selenc.attacks import ATTACKS, BATCHED, MODALITY, VECTORISED
 from selenc.attacks.base import Matcher
 from selenc.attacks.image.labels import recover_labels
-from selenc.attacks.image.matching import random_images
+from selenc.attacks.image.matching import observed_distance, random_images
 from selenc.gradients import client_update
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
@@ -275,3 +276,72 @@ def test_batched_trials_equal_one_at_a_time(victims, raw_params, arch, name):
         assert (result.images - alone.images).abs().max() < 1e-6
         assert result.losses == pytest.approx(alone.losses, rel=1e-6, abs=1e-12)
         assert result.info["restart_losses"] == pytest.approx(alone.info["restart_losses"], rel=1e-6, abs=1e-12)
+
+
+def test_candidates_are_chosen_from_the_servers_view_alone(victims, params):
+    """`observed_distance`, the winner's criterion, is handed the observed update and the public model, never the
+    client's batch: it ranks the true image first, and changing the hidden values of the update changes nothing."""
+    victim = victims["lenet"]
+    batch = batch_of(victim, 2)
+    update = observe_client(victim, batch, params.update)
+    mask = random_mask(update.n, 0.5)
+    planted = update.zero_filled().clone()
+    planted[mask] = SENTINEL
+    a = ObservedUpdate.observe(update.zero_filled(), mask, update.layout, update.public)
+    b = ObservedUpdate.observe(planted, mask, update.layout, update.public)
+    noise = random_images(a.public, 0, "candidate")
+    for measure in ("l2", "cosine"):
+        truth = observed_distance(a, victim, "mask_aware", batch.inputs, batch.labels, measure)
+        other = observed_distance(a, victim, "mask_aware", noise, batch.labels, measure)
+        assert truth < 1e-6 < other
+        assert observed_distance(b, victim, "mask_aware", noise, batch.labels, measure) == other
+    assert list(inspect.signature(observed_distance).parameters) == [
+        "observed",
+        "victim",
+        "threat_model",
+        "images",
+        "labels",
+        "measure",
+    ]
+
+
+def test_configurations_run_as_rows_and_the_closest_wins(victims, raw_params):
+    """IG with two TV weights runs one candidate per (restart, weight) from the same inits; the result is the candidate
+    whose update lies closest to the observed one, and it differs from what either weight alone would pick only by
+    that choice."""
+    victim = victims["cnn"]
+    params = with_changes(raw_params, **{"attacks.image.ig.steps": 30, "attacks.image.ig.tv": [0.0, 0.5]})
+    observed = observe_client(victim, batch_of(victim, 4), params.update)
+    cfg = params.attacks.of("ig")
+    both = ATTACKS["ig"](observed, victim, cfg, "mask_aware", 0)
+    assert both.info["configs"] == [0, 1] and len(both.info["restart_losses"]) == 2
+    scores = both.info["restart_losses"]
+    assert both.info["config"] == scores.index(min(scores)) and scores[0] != scores[1]
+    alone = ATTACKS["ig"](
+        observed, victim, cfg.model_copy(update={"tv": [cfg.tv[both.info["config"]]]}), "mask_aware", 0
+    )
+    assert torch.equal(alone.images, both.images)
+
+
+def test_dlg_label_configurations(victims, raw_params):
+    """DLG with both label parametrisations runs a soft-label and an analytic-label candidate from each init; the
+    analytic one keeps the labels read from the last layer, each equals its configuration run alone (float64: in
+    float32 the batched and one-row paths round differently), and the winner is the closer one."""
+    victim, _ = float64(victims["lenet"], batch_of(victims["lenet"], 1))
+    params = with_changes(
+        raw_params, **{"attacks.image.dlg.steps": 20, "attacks.image.dlg.labels": ["soft", "analytic"]}
+    )
+    batch = batch_of(victim, 1)
+    update = client_update(victim, Batch(batch.inputs.double(), batch.labels), params.update)
+    observed = observe(victim, update, torch.zeros(update.numel(), dtype=torch.bool), 1, params.update)
+    cfg = params.attacks.of("dlg")
+    both = ATTACKS["dlg"](observed, victim, cfg, "mask_aware", 2)
+    assert both.info["configs"] == [0, 1] and len(both.info["restart_losses"]) == 2
+    soft = ATTACKS["dlg"](observed, victim, cfg.model_copy(update={"labels": ["soft"]}), "mask_aware", 2)
+    analytic = ATTACKS["dlg"](observed, victim, cfg.model_copy(update={"labels": ["analytic"]}), "mask_aware", 2)
+    assert torch.equal(analytic.labels, recover_labels(observed, victim, 2))
+    assert soft.info["restart_losses"][0] == pytest.approx(both.info["restart_losses"][0], rel=1e-6)
+    assert analytic.info["restart_losses"][0] == pytest.approx(both.info["restart_losses"][1], rel=1e-6)
+    winner = soft if both.info["config"] == 0 else analytic
+    assert both.info["restart_losses"][both.info["config"]] == min(both.info["restart_losses"])
+    assert (winner.images - both.images).abs().max() < 1e-6

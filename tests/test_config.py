@@ -311,7 +311,7 @@ def test_duplicate_yaml_keys_name_their_line_and_section(tmp_path):
     cases = [  # (insert after the first line starting with this; None: at the end, the line, the message)
         ("  seed: 0 ", "  seed: 1", "duplicate key 'seed' in study"),
         ("    trials: 5", "    trials: 6", "duplicate key 'trials' in sweep.lenet"),  # the first trials: sweep.lenet
-        ("      steps: 300", "      steps: 10", "duplicate key 'steps' in theory.cases.0"),
+        ("      steps: 300 ", "      steps: 10", "duplicate key 'steps' in theory.cases.0"),
         (None, "study: {}", "duplicate key 'study' at the top level"),
     ]
     for anchor, extra, expected in cases:

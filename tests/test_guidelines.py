@@ -88,17 +88,17 @@ def test_a_pick_says_whether_it_holds_on_the_other_victim_and_slices_never_decid
 
 def test_budgets_are_stated_against_the_published_procedures(params):
     text = budgets("dlg+linear", params.attacks)
-    assert "dlg 1,000 steps of 6,000 published (0.17x)" in text and "linear 500 steps" in text
+    assert "dlg 2,000 steps of 6,000 published (0.33x)" in text and "linear 500 steps x 2 configurations" in text
     assert "published" not in text.split(";")[1]  # the linear inversion's image search has no published budget
     assert budgets("dager+token_leakage", params.attacks) == "dager analytic; token_leakage analytic"
     twice = params.attacks.model_copy(
         update={
             "image": params.attacks.image.model_copy(
-                update={"ig": params.attacks.image.ig.model_copy(update={"restarts": 2})}
+                update={"ig": params.attacks.image.ig.model_copy(update={"restarts": 2, "tv": [0.003, 0.03]})}
             )
         }
     )
-    assert "ig 1,000 steps x 2 restarts of 24,000 published (0.083x)" in budgets("ig", twice)
+    assert "ig 1,000 steps x 2 restarts x 2 configurations of 24,000 published (0.17x)" in budgets("ig", twice)
 
 
 def test_the_cli_writes_its_files_with_what_each_pick_rests_on(params, tmp_path):
@@ -113,7 +113,7 @@ def test_the_cli_writes_its_files_with_what_each_pick_rests_on(params, tmp_path)
     assert {r["min_ratio"] for r in records if r["attack"] == stats.STRONGEST} == {0.5}
     text = (tmp_path / "guidelines.md").read_text()
     assert "magnitude" in text and "upper bound on protection" in text and "on the **untrained** victim" in text
-    assert "- dlg: dlg 1,000 steps of 6,000 published" in text and "needs at least 4 samples" in text
+    assert "- dlg: dlg 2,000 steps of 6,000 published" in text and "needs at least 4 samples" in text
     assert "he_mb" in text and "0.000505 ± 1e-06" in text and "he_bytes" not in text  # human units, with the spread
     metrics = json.loads((tmp_path / "metrics" / "guidelines.json").read_text())
     assert metrics["lenet.strict"]["n_samples"] == 5 and "not run" in metrics["lenet.strict"]["other_victim"]

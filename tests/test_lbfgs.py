@@ -1,5 +1,6 @@
-"""The vectorised L-BFGS: its compact-form direction against the textbook two-loop recursion, and the optimiser on
-problems with known minimisers, row by row independent of the batch."""
+"""The vectorised L-BFGS: its compact-form direction against the textbook two-loop recursion, the optimiser on
+problems with known minimisers, row by row independent of the batch, the strong-Wolfe conditions at every accepted
+step, and rows that stop once converged."""
 
 import torch
 
@@ -94,3 +95,52 @@ def test_lbfgs_minimises_each_row_independently():
     # up to round-off: batched matrix products may sum in another order
     torch.testing.assert_close(alone[0], x[3], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(alone_trace[:, 0], trace[:, 3], rtol=1e-8, atol=1e-12)
+
+
+def test_accepted_steps_satisfy_strong_wolfe():
+    """Every step the line search accepts on a smooth nonconvex objective (an extended Rosenbrock, rows from different
+    starts) meets both strong-Wolfe conditions, re-checked here by evaluating the objective at the step's ends."""
+    c1, c2 = 1e-4, 0.9
+
+    def rosenbrock(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = points.detach().requires_grad_()
+        value = (100 * (x[:, 1::2] - x[:, ::2] ** 2) ** 2 + (1 - x[:, ::2]) ** 2).sum(1)
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        return value.detach(), grad
+
+    start = torch.randn(5, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 1.5
+    record: list[dict] = []
+    x, _, _ = lbfgs(lambda p, rows: rosenbrock(p), start, steps=150, c1=c1, c2=c2, record=record)
+    torch.testing.assert_close(x, torch.ones_like(x), rtol=0, atol=1e-6)
+    accepted = 0
+    for step in record:
+        assert bool(step["wolfe"].all())  # no search ran out of evaluations on this objective
+        f0, g0 = rosenbrock(step["start"])
+        f1, g1 = rosenbrock(step["start"] + step["t"][:, None] * step["direction"])
+        slope0, slope1 = (g0 * step["direction"]).sum(1), (g1 * step["direction"]).sum(1)
+        assert bool((slope0 < 0).all())
+        assert bool((f1 <= f0 + c1 * step["t"] * slope0 + 1e-12).all())
+        assert bool((slope1.abs() <= c2 * slope0.abs() + 1e-12).all())
+        accepted += len(step["rows"])
+    assert accepted >= 5 * 20  # the record saw the iterations, not a handful
+
+
+def test_converged_rows_stop_early():
+    """A row at its objective's precision floor (the value no longer changes along the gradient) ends its iterations
+    after one failed steepest-descent search; the other row runs on to its minimum, and the trace keeps the value."""
+    centre = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    evaluated: list[int] = []
+
+    def objective(points, rows):
+        evaluated.extend(rows.tolist())
+        diff = points - centre
+        values = torch.where(rows == 0, 1.0, diff.square().sum(1))
+        grads = torch.where((rows == 0)[:, None], torch.ones_like(points), 2 * diff)
+        return values, grads
+
+    start = torch.tensor([[0.0, 0.0], [-5.0, 7.0]], dtype=torch.float64)
+    x, _, trace = lbfgs(objective, start, steps=50, max_ls=10)
+    torch.testing.assert_close(x[1], centre, rtol=0, atol=1e-10)
+    torch.testing.assert_close(x[0], start[0])
+    assert evaluated.count(0) <= 1 + 10  # the start and one search, not 50 of them
+    assert bool((trace[:, 0] == 1).all())

@@ -11,9 +11,12 @@ What they share is in `matching` (the seeded prior, the objectives, a batch's ru
 (`ObservedUpdate`), the public facts, the visible last-layer rows (`observed.rows`) and the model the server
 distributed. The client's batch never reaches it.
 
-Every attack starts from seeded uniform noise in [0, 1] (`matching.random_images`); restarts draw fresh seeded inits
-and the lowest final objective wins (`info["restart_losses"]`). `losses` holds the winning restart's objective after
-every iteration.
+Every attack starts from seeded uniform noise in [0, 1] (`matching.random_images`); restarts draw fresh seeded inits,
+and a list-valued knob (IG's `tv`, linear's `match`) runs one configuration per value from each init, all as rows of
+the same batch. Per trial the candidate whose update lies closest to the observed one wins
+(`matching.observed_distance`, computed from the server's view alone; `info["restart_losses"]` holds every
+candidate's, `info["config"]` the winner's configuration). `losses` holds the winner's objective after every
+iteration.
 
 **Visible zeros and the mask** (mask-aware). When every visible value is 0 but the mask shows hidden coordinates to be
 non-zero (`base.mask_boundary`: a support-revealing metric whose budget exceeded the update's support, e.g. magnitude

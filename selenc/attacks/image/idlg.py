@@ -9,4 +9,4 @@ from selenc.attacks.image.dlg import lbfgs_inversion
 
 def idlg_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
     """iDLG on a batch of trials: analytic labels from each trial's visible last layer, then L-BFGS on the images."""
-    return lbfgs_inversion(observed, victim, cfg, threat_models, seeds, "idlg", optimise_labels=False)
+    return lbfgs_inversion(observed, victim, cfg, threat_models, seeds, "idlg", ["analytic"])

@@ -22,8 +22,8 @@ when visible: a δ-weighted mix dominated by that sample when its label is uniqu
 (`info["features"] = "mixed"`). Zero-fill reads hidden entries as 0 and takes them at face value, as the other
 attacks' zero_fill does.
 
-**Step 2, the image.** An optimisation over the stacked (trial, restart) runs, one vectorised objective per call
-(`torch.func`, as in `matching`), minimising per run
+**Step 2, the image.** An optimisation over the stacked (trial, restart, match weight) runs, one vectorised objective
+per call (`torch.func`, as in `matching`), minimising per run
 
     feature term + match · gradient distance + TV term,
 
@@ -31,7 +31,9 @@ where the feature term is ‖f(x) − h‖² / ‖h‖² over the known features
 them (f(x): the input of the last linear layer, from the victim's own forward), averaged over the samples with known
 features, and the gradient distance runs over the visible coordinates with the labels fixed to the analytic ones.
 The features pin the last layer exactly but not the image (LeNet's 768 features for 3,072 pixels; the CNN's
-random-init features are ill-conditioned), so the gradient matching supplies the conv layers' constraints.
+random-init features are ill-conditioned), so the gradient matching supplies the conv layers' constraints. Neither
+weight dominates (a large one leads on an unprotected update, a small one lets the exact features lead where the
+gradient is masked), so each weight of `match` is a configuration and the run closest to the observed update wins.
 `optimiser` picks how (`auto`: L-BFGS for a model without ReLU, whose objective is smooth, signed Adam otherwise):
 
 - `lbfgs`: DLG's normalised squared distance (`matching.Matching.l2`) + tv_lbfgs · TV, the vectorised L-BFGS of
@@ -187,9 +189,9 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
     """Linear-layer inversion on a batch of trials: features read from the last layer, then the image by L-BFGS or
     signed Adam on the feature distance + match · gradient distance + TV."""
     with Timer() as timer:
-        runs, priors = prepare_runs(observed, victim, cfg, threat_models, seeds, "linear")
+        runs, priors = prepare_runs(observed, victim, cfg, threat_models, seeds, "linear", configs=len(cfg.match))
         readings: dict[int, Reading] = {}
-        finals = x = None
+        x = None
         trace: list[torch.Tensor] = []
         if runs is not None:
             device, dtype = runs.x0.device, runs.x0.dtype
@@ -204,10 +206,11 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
             scaled = torch.stack([rd.scaled for rd in per_run]).to(device)
             has = (known.sum(-1) > 0).to(dtype)  # (R, B): samples with known features
             uses = has.sum(-1) > 0
-            match = torch.where(uses, cfg.match, 1.0).to(device, dtype)  # no features: the gradient distance alone
+            weights = torch.tensor([cfg.match[c] for c in runs.config], device=device, dtype=dtype)
+            match = torch.where(uses, weights, 1.0)  # no features: the gradient distance alone
             norms = runs.target.norm(dim=1)
             support = runs.support if bool(runs.support.any()) else None
-            matching = Matching(victim, observed[0])
+            matching = Matching(victim, observed[0], len(runs.trial))
             weight_name, _ = last_layer(observed[0], observed[0].public.num_classes)
             features = layer_input(victim, victim.model.get_submodule(weight_name.rsplit(".", 1)[0]))
 
@@ -227,9 +230,9 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
                         x, y, target, weight, norm, tv, by_support
                     )
 
-                step = torch.func.vmap(torch.func.grad_and_value(objective), in_dims=(0,) * 10 + (support_dim,))
+                step = matching.step(objective, (0,) * 10 + (support_dim,))
                 args = (runs.labels, runs.target, runs.weight, norms, *feature_args, support)
-                x, finals, trace = signed_adam(step, runs.x0, args, cfg.steps, cfg.lr)
+                x, _, trace = signed_adam(step, runs.x0, args, cfg.steps, cfg.lr)
             else:
                 scale = torch.where(norms > 0, 1.0 / norms.square(), torch.ones_like(norms))
                 shape = runs.x0.shape[1:]
@@ -239,11 +242,13 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
                     value = feature_term(x, feat, kn, sc, hs) + mw * matching.l2(x, y, target, weight, s, by_support)
                     return value + cfg.tv_lbfgs * total_variation(x)
 
-                step = torch.func.vmap(torch.func.grad_and_value(smooth), in_dims=(0,) * 10 + (support_dim,))
+                step = matching.step(smooth, (0,) * 10 + (support_dim,))
                 objective = row_objective(step, (runs.labels, runs.target, runs.weight, scale, *feature_args, support))
-                flat, finals, steps = lbfgs(objective, runs.x0.reshape(len(runs.trial), -1), cfg.steps, lr=1.0)
+                flat, _, steps = lbfgs(objective, runs.x0.reshape(len(runs.trial), -1), cfg.steps, lr=1.0)
                 x, trace = flat.view(runs.x0.shape), list(steps)
-    results = collect_results(runs, priors, finals, x, None if runs is None else runs.labels, trace, timer.seconds)
+    measure = "cosine" if choose_optimiser(cfg, victim) == "adam" else "l2"
+    labels = None if runs is None else runs.labels
+    results = collect_results(runs, priors, x, labels, trace, timer.seconds, (observed, victim, threat_models, measure))
     for i, result in enumerate(results):
         reading = readings.get(i)
         result.info.update(

@@ -1,18 +1,21 @@
-"""What the image attacks share: the seeded prior, the matching objectives, and the (trial, restart) runs of a batch.
+"""What the image attacks share: the seeded prior, the matching objectives, the runs of a batch and how one wins.
 
-Every (trial, restart) of a batch is one row of each vectorised call: `torch.func.vmap` over per-row inputs, labels,
-targets and coordinate weights of `torch.func.grad_and_value` of the matching objective, whose inner `torch.func.grad`
-is the client's update (`Matching`). A trial's mask enters as a 0/1 weight per coordinate (mask-aware: the visible
-coordinates; zero-fill: every coordinate, against the zero-filled update), so trials with different masks share a step.
+Every (trial, restart, configuration) of a batch is one row of each vectorised call: `torch.func.vmap` over per-row
+inputs, labels, targets and coordinate weights of `torch.func.grad_and_value` of the matching objective, whose inner
+`torch.func.grad` is the client's update (`Matching`; a batch of one row takes plain autograd instead). A trial's
+mask enters as a 0/1 weight per coordinate (mask-aware: the visible coordinates; zero-fill: every coordinate, against
+the zero-filled update), so trials with different masks share a step.
 
 `prepare_runs` builds a batch's runs (seeded inits, analytic labels where the attack fixes them, targets, weights, the
-support objective) and the prior of every trial with nothing to match; `collect_results` picks each trial's winning
-restart by the lowest final objective (what the attacker measures) and shares the batch's time among its trials.
+support objective), one per (trial, restart, configuration), and the prior of every trial with nothing to match;
+`collect_results` picks each trial's winning candidate by `observed_distance`, the one thing the attacker can measure
+of a candidate: how far the update it would produce lies from the observed update, on the compared coordinates
+(never the ground truth, which it is not handed). Objectives of different configurations are not comparable; that
+distance is. It shares the batch's time among its trials.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +24,7 @@ import torch
 from selenc.attacks.base import AttackResult, known_nonzero, mask_boundary, seeded
 from selenc.attacks.image.labels import recover_labels
 from selenc.attacks.lbfgs import Objective
-from selenc.gradients import batch_update
+from selenc.gradients import batch_update, client_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate, PublicInfo
 from selenc.settings import THREAT_MODELS
@@ -41,47 +44,59 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Runs:
-    """The (trial, restart) pairs of a batch that optimise, stacked: the rows of every vectorised call."""
+    """The (trial, restart, configuration) triples of a batch that optimise, stacked: the rows of every vectorised
+    call."""
 
     trial: list[int]  # the batch index of each run's trial
+    config: list[int]  # the index of each run's configuration (an attack's list-valued knob, e.g. linear's match)
     x0: torch.Tensor  # (R, b, C, H, W) seeded initial images
-    z0: torch.Tensor | None  # (R, b, K) seeded initial label logits (DLG), else None
-    labels: torch.Tensor | None  # (R, b) analytic labels (iDLG, IG), else None
+    z0: torch.Tensor | None  # (R, b, K) seeded initial label logits (soft labels: DLG), else None
+    labels: torch.Tensor | None  # (R, b) analytic labels (iDLG, IG, linear; DLG configured so), else None
     target: torch.Tensor  # (R, n) the zero-filled observed update
     weight: torch.Tensor  # (R, n) 1 where the attacker compares the coordinate, −1 hidden and known non-zero, else 0
     support: torch.Tensor  # (R,) bool: the run matches the support (every compared value 0), not the values
 
-    def best(self, finals: torch.Tensor) -> dict[int, tuple[int, list[float]]]:
-        """Per trial: its winning run (lowest final objective; non-finite is +inf, the first wins ties) and every
-        restart's final objective."""
-        values = [float(v) if math.isfinite(float(v)) else math.inf for v in finals]
-        members: dict[int, list[int]] = {}
-        for r, trial in enumerate(self.trial):
-            members.setdefault(trial, []).append(r)
-        out = {}
-        for trial, rows in members.items():
-            scores = [values[r] for r in rows]
-            out[trial] = (rows[scores.index(min(scores))], scores)
-        return out
-
 
 class Matching:
-    """The client's update as a function of (inputs, labels) and the matching objectives, for one trial's tensors;
-    vmapped over runs by the attacks."""
+    """The client's update as a function of (inputs, labels) and the matching objectives, for one trial's tensors,
+    and `step`, an objective's value and input gradient on the rows of a batch's runs.
 
-    def __init__(self, victim: Victim, observed: ObservedUpdate):
-        self._update = batch_update(victim, observed.public.update)
+    With several rows the update is written with torch.func (`gradients.batch_update`) and `step` vmaps it; with one
+    row (a lone trial, one restart) it is plain autograd (`gradients.client_update` with the graph kept) and `step`
+    backpropagates once through it: the same values, without the per-call cost of the functional transforms."""
+
+    def __init__(self, victim: Victim, observed: ObservedUpdate, rows: int):
+        self.functional = rows > 1
+        self._victim, self._cfg = victim, observed.public.update
+        self._update = batch_update(victim, self._cfg) if self.functional else None
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The flat update a client with inputs x and labels y (ids or probabilities) would send."""
-        return self._update(Batch(x, y))
+        if self.functional:
+            return self._update(Batch(x, y))
+        return client_update(self._victim, Batch(x, y), self._cfg, create_graph=True)
+
+    def step(self, objective: Callable[..., torch.Tensor], in_dims: tuple) -> Callable[..., tuple]:
+        """`(points (r, ...), *args) -> (input gradients, values)` of `objective(point, *row_args)` on every row;
+        `in_dims` as `torch.func.vmap`'s (0: one entry per row, None: shared)."""
+        if self.functional:
+            return torch.func.vmap(torch.func.grad_and_value(objective), in_dims=in_dims)
+
+        def step(points: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+            point = points[0].detach().requires_grad_()
+            row = [a if a is None or d is None else a[0] for a, d in zip(args, in_dims[1:], strict=True)]
+            value = objective(point, *row)
+            (grad,) = torch.autograd.grad(value, point)
+            return grad[None], value.detach()[None]
+
+        return step
 
     def l2(self, x, y, target, weight, scale, support=None) -> torch.Tensor:
         g = self.update(x, y)
         value = ((g - target).square() * weight).sum() * scale
         return value if support is None else torch.where(support, self.support_share(g, weight), value)
 
-    def cosine(self, x, y, target, weight, target_norm, tv: float, support=None) -> torch.Tensor:
+    def cosine(self, x, y, target, weight, target_norm, tv, support=None) -> torch.Tensor:
         full = self.update(x, y)
         g = full * weight
         # a sum, not a dot: vmap turns a dot into a batched product with naive float32 accumulation
@@ -110,6 +125,52 @@ def check_batch(observed: list[ObservedUpdate], threat_models: list[str], seeds:
             raise ValueError("every trial of a batch must share the model, the batch size and the update rule")
 
 
+def compared(obs: ObservedUpdate, threat_model: str, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """What an attacker compares, from the server's view alone: the target (the zero-filled update on the compared
+    coordinates), the weight per coordinate (1 compared; −1 hidden and known non-zero, under the support objective;
+    0 ignored) and whether only the support can be matched (every compared value 0 but the mask shows where the
+    update is non-zero)."""
+    target = obs.zero_filled().to(device)
+    if threat_model == "zero_fill":
+        weight = torch.ones_like(target)
+    else:
+        weight = (~obs.mask).to(device=device, dtype=target.dtype)
+    known = known_nonzero(obs, mask_boundary(obs)).to(device) if threat_model == "mask_aware" else None
+    support = bool(weight.any()) and not bool((target * weight).any()) and known is not None and bool(known.any())
+    if support:
+        weight = weight - known.to(weight.dtype)
+    return target * weight.clamp_min(0), weight, support
+
+
+def observed_distance(
+    observed: ObservedUpdate,
+    victim: Victim,
+    threat_model: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    measure: str,
+) -> float:
+    """How far the update a candidate (images, labels) would produce lies from the observed update, on the
+    coordinates `threat_model` compares: `l2` the squared distance over the target's, `cosine` 1 − cos (the attack's
+    own measure); under the support objective the share of energy off the observed support. Built from the server's
+    view and the public model alone: what the attacker can measure, never the client's batch."""
+    device = victim.device
+    target, weight, support = compared(observed, threat_model, device)
+    dtype = next(victim.model.parameters()).dtype
+    with torch.enable_grad():
+        full = client_update(victim, Batch(images.to(device, dtype), labels.to(device)), observed.public.update)
+    full = full.to(target.dtype)
+    if support:
+        value = Matching.support_share(full, weight)
+    elif measure == "cosine":
+        g = full * weight
+        value = 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target.norm().clamp_min(1e-30))
+    else:
+        value = ((full - target).square() * weight).sum() / target.square().sum().clamp_min(1e-30)
+    value = float(value)
+    return value if value == value else float("inf")  # nan: the worst candidate
+
+
 def prepare_runs(
     observed: list[ObservedUpdate],
     victim: Victim,
@@ -118,68 +179,80 @@ def prepare_runs(
     seeds: list[int],
     name: str,
     *,
-    optimise_labels: bool = False,
+    labels: tuple[str, ...] = ("analytic",),
     cosine: bool = False,
+    configs: int = 1,
 ) -> tuple[Runs | None, dict[int, AttackResult]]:
     """The runs of a batch, and the prior of every trial with nothing to match (no run of its own). `name` seeds the
-    inits; `optimise_labels`: seeded label logits per run (DLG) instead of the analytic labels; `cosine`: the objective
-    compares directions, undefined when only zeros are compared and no support was read (then the prior)."""
+    inits; `labels`: how runs may take their labels, "analytic" (read from the last layer, `Runs.labels`) and "soft"
+    (seeded label logits per run to optimise, `Runs.z0`); `cosine`: the objective compares directions, undefined when
+    only zeros are compared and no support was read (then the prior); `configs`: runs per restart, one per
+    configuration of the attack."""
     check_batch(observed, threat_models, seeds)
     info, device = observed[0].public, victim.device
     runs, priors = [], {}
     for i, (obs, tm, seed) in enumerate(zip(observed, threat_models, seeds, strict=True)):
-        labels = None if optimise_labels else recover_labels(obs, victim, seed)
-        target = obs.zero_filled().to(device)
-        weight = torch.ones_like(target) if tm == "zero_fill" else (~obs.mask).to(device=device, dtype=target.dtype)
-        known = known_nonzero(obs, mask_boundary(obs)).to(device) if tm == "mask_aware" else None
-        # only zeros visible, but the mask shows where the update is non-zero: match that support
-        support = bool(weight.any()) and not bool((target * weight).any()) and known is not None and bool(known.any())
-        if support:
-            weight = weight - known.to(weight.dtype)
+        analytic = recover_labels(obs, victim, seed) if "analytic" in labels else None
+        target, weight, support = compared(obs, tm, device)
         # nothing compared, or only zeros compared by a cosine with no support read (undefined): the prior
-        blind = not bool(weight.any()) or (cosine and not support and not bool((target * weight).any()))
+        blind = not bool(weight.any()) or (cosine and not support and not bool(target.any()))
         for r in range(1 if blind else cfg.restarts):
             x0 = random_images(info, seed, name, r)
             z0 = None
-            if labels is None:
+            if "soft" in labels:
                 z0 = torch.randn((info.batch_size, info.num_classes), generator=seeded(seed, "label-init", name, r))
             if blind:
-                result = AttackResult(labels=labels if labels is not None else z0.argmax(-1), images=x0.clamp(0, 1))
+                result = AttackResult(labels=analytic if analytic is not None else z0.argmax(-1), images=x0.clamp(0, 1))
                 priors[i] = result
                 result.info = {"blind": True, "restart_losses": [], "batch": len(observed)}
                 continue
-            runs.append((i, x0, z0, labels, target * weight.clamp_min(0), weight, torch.tensor(support)))
+            for c in range(configs):  # every configuration from the same init: they differ by the knob alone
+                runs.append((i, c, x0, z0, analytic, target, weight, torch.tensor(support)))
     if not runs:
         return None, priors
     cols = list(zip(*runs, strict=True))
-    dtype = runs[0][4].dtype  # the update's: inits follow it (a float64 model in the theory checks)
+    dtype = runs[0][5].dtype  # the update's: inits follow it (a float64 model in the theory checks)
     stacked = [
         None if col[0] is None else torch.stack(col).to(device, dtype if col[0].is_floating_point() else None)
-        for col in cols[1:]
+        for col in cols[2:]
     ]
-    return Runs(list(cols[0]), *stacked), priors
+    return Runs(list(cols[0]), list(cols[1]), *stacked), priors
 
 
 def collect_results(
     runs: Runs | None,
     priors: dict[int, AttackResult],
-    finals: torch.Tensor,
     images: torch.Tensor,
     labels: torch.Tensor,
     trace: list[torch.Tensor],
     seconds: float,
+    selection: tuple[list[ObservedUpdate], Victim, list[str], str],
 ) -> list[AttackResult]:
-    """One result per trial of the batch (its winning restart, or its prior); the batch's time shared equally."""
+    """One result per trial of the batch (its prior, or the candidate with the lowest `observed_distance`, the first
+    on ties); the batch's time shared equally. `selection` is (observed, victim, threat_models, measure)."""
+    observed, victim, threat_models, measure = selection
     out = dict(priors)
     size = len(priors) + (len(set(runs.trial)) if runs is not None else 0)
-    for trial, (win, scores) in (runs.best(finals) if runs is not None else {}).items():
+    members: dict[int, list[int]] = {}
+    for r, trial in enumerate(runs.trial if runs is not None else []):
+        members.setdefault(trial, []).append(r)
+    for trial, rows in members.items():
+        candidates = [torch.nan_to_num(images[r].detach().cpu(), nan=0.5).clamp(0, 1) for r in rows]
+        scores = [
+            observed_distance(observed[trial], victim, threat_models[trial], x, labels[r].cpu(), measure)
+            for x, r in zip(candidates, rows, strict=True)
+        ]
+        pick = scores.index(min(scores))
+        win = rows[pick]
         out[trial] = AttackResult(
             labels=labels[win].cpu(),
-            images=torch.nan_to_num(images[win].detach().cpu(), nan=0.5).clamp(0, 1),
+            images=candidates[pick],
             losses=[float(t[win]) for t in trace],
             info={
                 "blind": False,
                 "restart_losses": scores,
+                "configs": [runs.config[r] for r in rows],
+                "config": runs.config[win],
                 "batch": size,
                 "objective": "support" if bool(runs.support[win]) else "values",
             },
