@@ -67,6 +67,7 @@ class _Grid(NamedTuple):
     attacks: list[tuple[str, str]]  # (key below `where`, attack name)
     victims: list[str]
     trials: int
+    count: str = "trials"  # the key below `where` (or absolute, with a dot) that sets `trials`
 
 
 def _grids(p: Params) -> list[_Grid]:
@@ -81,6 +82,20 @@ def _grids(p: Params) -> list[_Grid]:
         )
         for arch in ARCH_MODALITY
         for i, grid in enumerate(getattr(p.sweep, arch).products())
+    ]
+    seeds = p.study.model_seeds
+    out += [  # a frontier probe's samples are (init, trial) pairs: n_max of them need ceil(n_max / seeds) trials
+        _Grid(
+            f"frontier.{arch}",
+            arch,
+            f.metrics,
+            [(f"attacks.{j}", a) for j, a in enumerate(f.attacks)],
+            f.victims,
+            -(-p.frontier.n_max // seeds),
+            "frontier.n_max",
+        )
+        for arch in ARCH_MODALITY
+        for f in [getattr(p.frontier, arch)]
     ]
     cases = p.theory.cases
     return out + [
@@ -143,11 +158,12 @@ def _check_limits(p: Params, source: str) -> None:
             "use fewer or smaller primes or a larger poly_modulus_degree"
         )
     batch = p.update.batch_size
-    for where, arch, _, _, _, trials in _grids(p):
+    for where, arch, _, _, _, trials, count in _grids(p):
         dataset = getattr(p.models, arch).dataset
+        key = count if "." in count else f"{where}.{count}"
         if trials * batch > TARGET_POOL[dataset]:
             raise ConfigError(
-                f"{source}: {where}.trials: {trials} trials x update.batch_size {batch} = {trials * batch} samples, "
+                f"{source}: {key}: {trials} trials x update.batch_size {batch} = {trials * batch} samples, "
                 f"but the {dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
             )
 

@@ -21,6 +21,7 @@ table, unless `allow_errors` asks for the table anyway (exploration). HE cost is
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -33,7 +34,7 @@ from selenc import cache, cost, data, results
 from selenc.attacks import VECTORISED
 from selenc.executors import EXECUTORS
 from selenc.grid import Trial, distinct, expand
-from selenc.models import resolve_device
+from selenc.models import build_victim, resolve_device
 from selenc.results import Cost, Outcome
 from selenc.settings import LBFGSAttack, Params, configurations
 
@@ -119,12 +120,79 @@ def trial_key(trial: Trial, params: Params, batch: list[Trial] | None = None) ->
 
 
 # --- the engine --------------------------------------------------------------------------------------------------
-def failure_summary(arch: str, outcomes: list[Outcome], total: int) -> str:
-    """'sweep lenet: 3 of 8 trials did not finish' and one line per distinct (status, error) with its count."""
+def failure_summary(what: str, outcomes: list[Outcome], total: int) -> str:
+    """'sweep lenet: 3 of 8 trials did not finish' (`what`: sweep lenet) and one line per distinct (status, error)
+    with its count."""
     counts = Counter((o.status, o.error) for o in outcomes)
-    lines = [f"sweep {arch}: {len(outcomes)} of {total} trials did not finish"]
+    lines = [f"{what}: {len(outcomes)} of {total} trials did not finish"]
     lines += [f"  {n} x {status}: {error}" for (status, error), n in counts.most_common()]
     return "\n".join(lines)
+
+
+def identity_key(trial: Trial) -> str:
+    """A trial's computation (`Trial.identity`) as a key: trials with equal keys share one outcome."""
+    return json.dumps(trial.identity(), sort_keys=True)
+
+
+def run_parts(
+    params: Params,
+    arch: str,
+    parts: list[list[Trial]],
+    store: cache.Store,
+    progress: bool = True,
+    desc: str = "",
+    executor=None,
+) -> dict[str, Outcome]:
+    """The outcome of every trial of `parts` (tasks of distinct computations, `partition`), keyed by `identity_key`:
+    from `store` where cached under the trial's key (which names its task's trials), else run through `executor`
+    (default: a new one of `sweep.executor`, closed after), longest task first, each finished trial cached as soon
+    as its task returns."""
+    keys = {t: trial_key(t, params, part) for part in parts for t in part}
+    outcomes: dict[str, Outcome] = {}
+    for key in keys.values():
+        if (found := store.get(key, Outcome)) is not None:
+            outcomes[key] = found
+    todo = [part for part in parts if any(keys[t] not in outcomes for t in part)]
+    todo.sort(key=lambda part: work(params, part), reverse=True)  # longest first: no long task left to run alone
+    if todo:
+        with (
+            (
+                contextlib.nullcontext(executor) if executor is not None else EXECUTORS[params.sweep.executor](params)
+            ) as runner,
+            tqdm(total=len(keys), initial=len(outcomes), desc=desc or arch, unit="trial", disable=not progress) as bar,
+        ):
+            for done, outs in runner.run(arch, todo):
+                for trial, outcome in zip(done, outs, strict=True):
+                    if keys[trial] not in outcomes:  # a cached batch-mate recomputed with its task keeps its entry
+                        outcomes[keys[trial]] = outcome
+                        if outcome.status == "ok":
+                            store.put(keys[trial], outcome)
+                        bar.update()
+    return {identity_key(t): outcomes[key] for t, key in keys.items()}
+
+
+def check_finished(what: str, outcomes: dict[str, Outcome], allow_errors: bool = False) -> None:
+    """Raise `SweepFailed` (its message naming `what`, e.g. "sweep lenet") when a trial did not finish, unless
+    `allow_errors`."""
+    failed = [o for o in outcomes.values() if o.status != "ok"]
+    if failed and not allow_errors:
+        raise SweepFailed(failure_summary(what, failed, len(outcomes)))
+
+
+def costs(params: Params, arch: str, ratios: set[float], root: Path) -> dict[float, Cost]:
+    """The measured HE cost (`cost.measure`) of every ratio, from the cost cache or measured and cached."""
+    store = cache.Store(root / "he" / arch)
+    victim: list = []  # built once, on the CPU, the first time a ratio is not cached
+
+    def measure(ratio: float) -> Cost:
+        victim[:] = victim or [build_victim(arch, params, device=torch.device("cpu"))]
+        return cost.measure(params, arch, ratio, victim[0])
+
+    out = {}
+    for ratio in sorted(ratios):
+        key = cache.key_of(cost_description(params, arch, ratio))
+        out[ratio] = store.get_or_compute(key, Cost, lambda r=ratio: measure(r))
+    return out
 
 
 def run_sweep(
@@ -134,37 +202,10 @@ def run_sweep(
 
     Raises `SweepFailed` when a trial did not finish, unless `allow_errors` (then its row carries the status)."""
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir()
-    store = cache.Store(root / "trials" / arch)
     trials = expand(params, arch)
-    unique = distinct(trials)  # one trial per distinct computation, in grid order
-    parts = partition(params, unique)
-    batch_of = {json.dumps(t.identity(), sort_keys=True): part for part in parts for t in part}
-    keys = {t: trial_key(t, params, batch_of[json.dumps(t.identity(), sort_keys=True)]) for t in trials}
-    outcomes: dict[str, Outcome] = {}
-    for t in unique:
-        if (found := store.get(keys[t], Outcome)) is not None:
-            outcomes[keys[t]] = found
-    todo = [part for part in parts if any(keys[t] not in outcomes for t in part)]
-    todo.sort(key=lambda part: work(params, part), reverse=True)  # longest first: no long task left to run alone
-    if todo:
-        executor = EXECUTORS[params.sweep.executor](params)
-        with tqdm(
-            total=len(unique), initial=len(outcomes), desc=f"sweep {arch}", unit="trial", disable=not progress
-        ) as bar:
-            for done, outs in executor.run(arch, todo):
-                for trial, outcome in zip(done, outs, strict=True):
-                    if keys[trial] not in outcomes:  # a cached batch-mate recomputed with its task keeps its entry
-                        outcomes[keys[trial]] = outcome
-                        if outcome.status == "ok":
-                            store.put(keys[trial], outcome)
-                        bar.update()
-    failed = [outcomes[keys[t]] for t in unique if outcomes[keys[t]].status != "ok"]
-    if failed and not allow_errors:
-        raise SweepFailed(failure_summary(arch, failed, len(unique)))
-    costs = cache.Store(root / "he" / arch)
+    parts = partition(params, distinct(trials))  # one trial per distinct computation, in grid order
+    outcomes = run_parts(params, arch, parts, cache.Store(root / "trials" / arch), progress, f"sweep {arch}")
+    check_finished(f"sweep {arch}", outcomes, allow_errors)
+    per_ratio = costs(params, arch, {t.ratio for t in trials}, root)
     dataset = getattr(params.models, arch).dataset
-    per_ratio: dict[float, Cost] = {}
-    for ratio in sorted({t.ratio for t in trials}):
-        key = cache.key_of(cost_description(params, arch, ratio))
-        per_ratio[ratio] = costs.get_or_compute(key, Cost, lambda r=ratio: cost.measure(params, arch, r))
-    return results.table([results.row(t, dataset, outcomes[keys[t]], per_ratio[t.ratio]) for t in trials])
+    return results.table([results.row(t, dataset, outcomes[identity_key(t)], per_ratio[t.ratio]) for t in trials])

@@ -105,6 +105,22 @@ class LocalExecutor:
         self.params = params
         self.workers = default_workers(params)
         self.context = multiprocessing.get_context("spawn")
+        self.slots: list[_Slot] = []
+        self.arch: str | None = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (they stay up between `run` calls until then)."""
+        for slot in self.slots:
+            with contextlib.suppress(OSError):
+                slot.conn.send(None)
+            self._stop(slot)
+        self.slots = []
 
     def _start(self, arch: str) -> _Slot:
         ours, theirs = self.context.Pipe()
@@ -123,7 +139,12 @@ class LocalExecutor:
     def run(self, arch: str, tasks: list[list[Trial]]) -> Iterator[Done]:
         limit = self.params.sweep.time_limit_s
         pending = deque(tasks)
-        slots = [self._start(arch) for _ in range(min(self.workers, len(tasks)))]
+        if self.arch != arch:
+            self.close()
+            self.arch = arch
+        self.slots += [self._start(arch) for _ in range(min(self.workers, len(tasks)) - len(self.slots))]
+        slots = self.slots
+        finished = False
         try:
             while pending or any(s.task is not None for s in slots):
                 for slot in slots:
@@ -152,11 +173,10 @@ class LocalExecutor:
                         died = f"worker process died (exit code {slot.proc.exitcode})"
                         yield slot.task, (_timeout(slot.task, limit) if overdue else _lost(slot.task, "error", died))
                     slots[i] = self._start(arch)
+            finished = True
         finally:
-            for slot in slots:
-                with contextlib.suppress(OSError):
-                    slot.conn.send(None)
-                self._stop(slot)
+            if not finished:  # abandoned midway: no worker may go on computing a task nobody reads
+                self.close()
 
 
 # --- dask: a dask.distributed cluster ----------------------------------------------------------------------------
@@ -168,6 +188,19 @@ class DaskExecutor:
 
     def __init__(self, params: Params):
         self.params = params
+        self.stack = contextlib.ExitStack()
+        self._client = None
+
+    def __enter__(self) -> DaskExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the client (and the LocalCluster it started); it stays up between `run` calls until then."""
+        self.stack.close()
+        self._client = None
 
     @contextlib.contextmanager
     def client(self):
@@ -193,35 +226,35 @@ class DaskExecutor:
     def run(self, arch: str, tasks: list[list[Trial]]) -> Iterator[Done]:
         limit = self.params.sweep.time_limit_s
         run_id = uuid.uuid4().hex[:8]
-        with self.client() as client:
-            futures = {
-                client.submit(
-                    run_task, self.params, arch, trials, key=f"selenc-{arch}-{run_id}-{i}", pure=False
-                ): trials
-                for i, trials in enumerate(tasks)
-            }
-            started: dict[str, float] = {}
-            while futures:
-                time.sleep(POLL_S)
-                now = time.monotonic()
-                running = {key: worker for worker, keys in client.processing().items() for key in keys}
-                for future, trials in list(futures.items()):
-                    if future.done():
+        if self._client is None:
+            self._client = self.stack.enter_context(self.client())
+        client = self._client
+        futures = {
+            client.submit(run_task, self.params, arch, trials, key=f"selenc-{arch}-{run_id}-{i}", pure=False): trials
+            for i, trials in enumerate(tasks)
+        }
+        started: dict[str, float] = {}
+        while futures:
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            running = {key: worker for worker, keys in client.processing().items() for key in keys}
+            for future, trials in list(futures.items()):
+                if future.done():
+                    del futures[future]
+                    if future.status == "finished":
+                        yield trials, [Outcome.model_validate(o) for o in future.result()]
+                    else:
+                        error = f"dask task failed: {type(future.exception()).__name__}: {future.exception()}"
+                        yield trials, _lost(trials, "error", error)
+                    continue
+                if future.key in running:
+                    started.setdefault(future.key, now)
+                    if now - started[future.key] > limit * len(trials):
                         del futures[future]
-                        if future.status == "finished":
-                            yield trials, [Outcome.model_validate(o) for o in future.result()]
-                        else:
-                            error = f"dask task failed: {type(future.exception()).__name__}: {future.exception()}"
-                            yield trials, _lost(trials, "error", error)
-                        continue
-                    if future.key in running:
-                        started.setdefault(future.key, now)
-                        if now - started[future.key] > limit * len(trials):
-                            del futures[future]
-                            future.cancel()
-                            with contextlib.suppress(Exception):  # no nanny: the task runs on, its result is dropped
-                                client.restart_workers([running[future.key]])
-                            yield trials, _timeout(trials, limit)
+                        future.cancel()
+                        with contextlib.suppress(Exception):  # no nanny: the task runs on, its result is dropped
+                            client.restart_workers([running[future.key]])
+                        yield trials, _timeout(trials, limit)
 
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}

@@ -1,7 +1,12 @@
 """From the per-cell summary to guidelines: which metric at which ratio protects, with what confidence and cost, and
 what the claim rests on.
 
-    python -m selenc.guidelines      # reads reports/results/summary.csv; writes reports/guidelines.{json,md}, ...
+    python -m selenc.guidelines      # reads reports/results/summary.csv and frontier_<arch>.csv; writes
+                                     # reports/guidelines.{json,md}, ...
+
+The searched answer comes first (`frontier_plan`): per architecture and level, the cheapest protecting (metric, ρ*)
+of the frontier stages by HE bytes, with its bracket, samples and intervals, and the runner-up. The fixed grid's
+per-attack table below it is the detailed view.
 
 A cell's samples are *protected* at a privacy level when the attack stayed under every bound of the modality
 (`stats.protected`). A ratio *protects* (arch, attack, metric, level) when the lower end of the Wilson interval of its
@@ -212,6 +217,69 @@ def strategy_table(records: list[dict], summary: pd.DataFrame, cfg: Guidelines) 
     return pd.DataFrame(out, columns=list(PLAN_KEYS), dtype=object)
 
 
+FRONTIER_KEYS = (
+    "arch",
+    "privacy_level",
+    "metric",
+    "ratio_star",
+    "bracket",
+    "n",
+    "protected_share",
+    "success_median",
+    "he_mb",
+    "he_ms",
+    "monotone",
+    "runner_up",
+)
+
+
+def read_frontiers(reports: Path) -> pd.DataFrame:
+    """Every frontier table of `reports/results` (`frontier.FOUND_COLUMNS`; empty when none was written)."""
+    tables = [pd.read_csv(p) for p in sorted((reports / "results").glob("frontier_*.csv")) if "_probes" not in p.name]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _mb(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def frontier_plan(frontiers: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """Per (arch, level) of the victim and ties the guidelines read: the cheapest protecting (metric, ρ*) by HE MB per
+    upload (ties: the smaller ρ*, then the name), its bracket (the highest failing and the protecting ratio probed),
+    samples, Wilson interval of the protected share, the strongest attacker's median success with its bootstrap
+    interval, the cost in MB and ms, whether the metric's curve was monotone above ρ*, and the runner-up."""
+    out = []
+    if not len(frontiers):
+        return pd.DataFrame(columns=list(FRONTIER_KEYS))
+    read = frontiers[(frontiers.victim == cfg.victim) & (frontiers.ties == cfg.ties)]
+    for (arch, level), group in read.groupby(["arch", "privacy_level"], sort=True):
+        ranked = group[group.status == PROTECTS].sort_values(["he_mb", "ratio_star", "metric"])
+        if not len(ranked):
+            out.append(dict.fromkeys(FRONTIER_KEYS) | {"arch": arch, "privacy_level": level, "metric": "none"})
+            continue
+        best = ranked.iloc[0]
+        runner = ranked.iloc[1] if len(ranked) > 1 else None
+        out.append(
+            {
+                "arch": arch,
+                "privacy_level": level,
+                "metric": effective_metric(best.metric, best.ratio_star),
+                "ratio_star": f"{best.ratio_star:.4g}",
+                "bracket": f"({best.bracket_low:.4g}, {best.ratio_star:.4g}]",
+                "n": int(best.n),
+                "protected_share": f"{best.protected_share:.2f} [{best.protected_low:.2f}, {best.protected_high:.2f}]",
+                "success_median": f"{best.success_median:.3g} [{best.success_low:.3g}, {best.success_high:.3g}]",
+                "he_mb": _mb(best.he_mb),
+                "he_ms": f"{best.he_ms:,.1f}",
+                "monotone": "yes" if bool(best.monotone) else f"no (fails at {best.violating_ratio:.4g})",
+                "runner_up": "none"
+                if runner is None
+                else f"{runner.metric} at {runner.ratio_star:.4g} ({_mb(runner.he_mb)} MB)",
+            }
+        )
+    return pd.DataFrame(out, columns=list(FRONTIER_KEYS), dtype=object)
+
+
 def readable(frame: pd.DataFrame) -> pd.DataFrame:
     """The records table in human units: MB (± spread) and ms instead of bytes and seconds."""
     cost = [
@@ -222,8 +290,19 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
     return out.assign(he_mb=[c[0] for c in cost], he_ms=[c[1] for c in cost])
 
 
-def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, attacks: Attacks, reports: Path) -> None:
-    """reports/guidelines.{json,md}, the stage metrics (reports/metrics/guidelines.json) and a figure."""
+def write_guidelines(
+    records: list[dict],
+    plan: pd.DataFrame,
+    cfg: Guidelines,
+    attacks: Attacks,
+    reports: Path,
+    searched: pd.DataFrame | None = None,
+    frontiers: pd.DataFrame | None = None,
+) -> None:
+    """reports/guidelines.{json,md}, the stage metrics (reports/metrics/guidelines.json) and a figure; `searched`
+    (`frontier_plan`) and `frontiers` (`read_frontiers`) add the searched ρ* first, where the frontier stages ran."""
+    searched = searched if searched is not None else pd.DataFrame(columns=list(FRONTIER_KEYS))
+    frontiers = frontiers if frontiers is not None else pd.DataFrame()
     (reports / "metrics").mkdir(parents=True, exist_ok=True)
     (reports / "figures").mkdir(parents=True, exist_ok=True)
     levels = "; ".join(
@@ -248,7 +327,27 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, a
         "",
         UPPER_BOUND,
         "",
-        "## Recommended strategy per architecture and level (against the strongest attacker)",
+        *(
+            [
+                "## The cheapest protecting strategy, searched (frontier stages)",
+                "",
+                "Per architecture and level: the metric whose searched protecting ratio ρ\\* costs the fewest HE MB "
+                "per upload, against the strongest of the frontier's attacks on the same samples. `bracket`: the "
+                "highest probed ratio that fails and ρ\\* (the search's resolution); n: samples at ρ\\*; intervals: "
+                f"Wilson ({CONFIDENCE:.0%}) for the protected share, bootstrap for the median success. `monotone`: "
+                "whether every probed and check ratio above ρ\\* protects (where one failed, ρ\\* was moved above it).",
+                "",
+                searched.to_markdown(index=False),
+                "",
+                *sorted(
+                    {f"- {a}: {budgets(s, attacks)}" for a, s in zip(frontiers.arch, frontiers.attack_set, strict=True)}
+                ),
+                "",
+            ]
+            if len(searched)
+            else []
+        ),
+        "## Recommended strategy per architecture and level, on the fixed grid (against the strongest attacker)",
         "",
         plan.to_markdown(index=False),
         "",
@@ -273,6 +372,10 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, a
         readable(frame).to_markdown(index=False),
         "",
     ]
+    searched_metrics = {
+        f"{r.arch}.{r.privacy_level}.searched": {"metric": r.metric, "ratio_star": r.ratio_star, "n": r.n}
+        for r in searched.itertuples()
+    }
     files = {
         reports / "guidelines.json": json.dumps(records, indent=2) + "\n",
         reports / "guidelines.md": "\n".join(lines),
@@ -287,7 +390,8 @@ def write_guidelines(records: list[dict], plan: pd.DataFrame, cfg: Guidelines, a
                     "other_victim": r.other_victim,
                 }
                 for r in plan.itertuples()
-            },
+            }
+            | searched_metrics,
             indent=2,
         )
         + "\n",
@@ -334,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records = guidelines(summary, cfg)
     plan = strategy_table(records, summary, cfg)
-    write_guidelines(records, plan, cfg, params.attacks, args.reports)
+    frontiers = read_frontiers(args.reports)
+    searched = frontier_plan(frontiers, cfg)
+    write_guidelines(records, plan, cfg, params.attacks, args.reports, searched, frontiers)
+    if len(searched):
+        print(searched.to_string(index=False))
     print(plan.to_string(index=False))
     return 0
 

@@ -227,3 +227,40 @@ def protected_share(summary: pd.DataFrame, level: str, attack: str, cfg: Guideli
     fig.suptitle(f"{attack}: protected share with its 95% Wilson interval")
     fig.tight_layout()
     return fig
+
+
+LEVEL_MARKERS = ("*", "D", "s", "^", "v", "P")  # ρ* of the first, second, ... privacy level
+
+
+def privacy_cost(probes: pd.DataFrame, found: pd.DataFrame, arch: str, levels: list[str]) -> plt.Figure:
+    """The privacy–cost frontier (`frontier`): HE MB per upload (log) against the strongest attacker's median success
+    with its 95% bootstrap interval at every probed ratio, one line per metric, one panel per (victim, ties); each
+    metric's ρ* marked per privacy level."""
+    _, label = success_column(arch)
+    panels = sorted(probes.groupby(["victim", "ties"]).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False, sharey=True)
+    metrics = sorted(probes.metric.unique())
+    colours = dict(zip(metrics, sns.color_palette("tab10", len(metrics)), strict=True))
+    for ax, (victim, ties) in zip(axes[0], panels, strict=True):
+        here = probes[(probes.victim == victim) & (probes.ties == ties)].sort_values("ratio")
+        for metric, rows in here.groupby("metric"):
+            err = [rows.success_median - rows.success_low, rows.success_high - rows.success_median]
+            ax.errorbar(rows.he_mb, rows.success_median, yerr=err, color=colours[metric], marker=".", lw=1, capsize=2,
+                        label=metric)  # fmt: skip
+            stars = found[(found.metric == metric) & (found.victim == victim) & (found.ties == ties)]
+            for level, marker in zip(levels, LEVEL_MARKERS, strict=False):
+                at = stars[(stars.privacy_level == level) & stars.ratio_star.notna()]
+                if len(at):
+                    ax.scatter(at.he_mb, at.success_median, marker=marker, s=110, color=colours[metric],
+                               edgecolor="black", zorder=3)  # fmt: skip
+        ax.set(xscale="log", xlabel="HE MB per upload (log)", title=f"victim {victim}, ties {ties}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"strongest attacker's median {label}")
+    handles = [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", markersize=10) for m in
+               LEVEL_MARKERS[: len(levels)]]  # fmt: skip
+    first = axes[0][0].legend(handles, [f"ρ* {lv}" for lv in levels], loc="upper right", fontsize=8)
+    axes[0][0].add_artist(first)
+    axes[0][-1].legend(fontsize=8, loc="lower left", title="metric")
+    fig.suptitle(f"{arch}: privacy–cost frontier (lower and further left = better; bars: 95% bootstrap over samples)")
+    fig.tight_layout()
+    return fig

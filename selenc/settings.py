@@ -338,6 +338,53 @@ class Sweep(Section):
     gpt2: SweepArch
 
 
+class FrontierArch(Section):
+    """One architecture's searches: every metric x victim x tie rule x privacy level, against the strongest of
+    `attacks`, along a grid of ratios: linear (i / points, i = 0..points) or log (0, then `points` ratios log-spaced
+    from `lowest` to 1), every `check`-th grid ratio being checked above the answer (`search`)."""
+
+    metrics: unique_list(Metric)
+    attacks: unique_list(Attack)
+    victims: unique_list(VictimState)
+    ties: unique_list(Ties)
+    spacing: Literal["linear", "log"]
+    points: Annotated[int, Field(ge=2, le=1024)]
+    lowest: Annotated[float, Field(gt=0.0, lt=1.0)]  # log spacing only: the smallest ratio above 0
+    check: PosInt  # grid indices that are multiples of this are the monotonicity check's ratios
+
+    def grid(self) -> tuple[float, ...]:
+        """The ratios searched, ascending, from 0 to 1 (rounded to 6 significant digits: stable cache keys)."""
+        if self.spacing == "linear":
+            return tuple(i / self.points for i in range(self.points + 1))
+        span = [self.lowest ** (1 - i / (self.points - 1)) for i in range(self.points)]
+        return (0.0, *(float(f"{r:.6g}") for r in span[:-1]), 1.0)
+
+    def check_ratios(self) -> tuple[float, ...]:
+        return tuple(r for i, r in enumerate(self.grid()) if i % self.check == 0)
+
+
+class Frontier(Section):
+    """Sequential sampling at every probe of the frontier's searches (`search.Rule`), and the searches per arch."""
+
+    n_start: PosInt  # samples at a new probe
+    n_step: PosInt  # samples added while a probe's Wilson interval straddles min_protected
+    n_max: PosInt  # the most samples at one probe
+    lenet: FrontierArch
+    cnn: FrontierArch
+    bert: FrontierArch
+    gpt2: FrontierArch
+
+    @model_validator(mode="after")
+    def _start_within_max(self) -> Frontier:
+        if self.n_start > self.n_max:
+            raise PydanticCustomError(
+                "n_start",
+                "n_start ({n_start}) exceeds n_max ({n_max}); allowed: n_start <= n_max",
+                {"n_start": self.n_start, "n_max": self.n_max},
+            )
+        return self
+
+
 class TheoryCase(Section):
     """One self-contained attack experiment of the theory stage (a small sweep with mask-aware, own masks)."""
 
@@ -387,6 +434,7 @@ class Params(Section):
     attacks: Attacks
     sweep: Sweep
     guidelines: Guidelines
+    frontier: Frontier
     theory: Theory
 
 

@@ -49,7 +49,7 @@ BAD = [
         1,
         [
             "params: extra: unknown key 'extra'",
-            "allowed keys: study, models, update, significance, he, attacks, sweep, guidelines, theory",
+            "allowed keys: study, models, update, significance, he, attacks, sweep, guidelines, frontier, theory",
         ],
     ),
     (
@@ -168,6 +168,20 @@ BAD = [
         -1.5,
         ["guidelines.levels.moderate.ssim_max: can never be met: SSIM is never below -1; allowed: >= -1 (got -1.5)"],
     ),
+    ("frontier.n_start", 30, ["frontier:", "n_start (30) exceeds n_max (20); allowed: n_start <= n_max"]),
+    (
+        "frontier.n_max",
+        21,
+        [
+            "frontier.n_max: 21 trials x update.batch_size 1 = 21 samples, but the cifar10 target pool has only 20",
+            "lower the trials or the batch size",
+        ],
+    ),
+    ("frontier.lenet.metrics", ["embedding_rows"], ["frontier.lenet.metrics: 'embedding_rows' needs a token"]),
+    ("frontier.cnn.attacks", ["dager"], ["frontier.cnn.attacks: 'dager' is a text attack and cnn is an image model"]),
+    ("frontier.gpt2.metrics", ["entropy"], ["frontier.gpt2.metrics.0: 'entropy' is not a significance metric"]),
+    ("frontier.bert.spacing", "cubic", ["frontier.bert.spacing:", "'linear' or 'log'"]),
+    ("frontier.lenet.points", 1, ["frontier.lenet.points:", "greater than or equal to 2"]),
 ]
 
 
@@ -325,6 +339,7 @@ def test_duplicate_yaml_keys_name_their_line_and_section(tmp_path):
 
 def _set_pool(raw: dict, batch: int, **trials: int) -> dict:
     raw["update"]["batch_size"] = batch
+    raw["frontier"]["n_max"] = raw["frontier"]["n_start"] = 5  # the frontier's samples: checked in BAD
     for where, n in trials.items():
         if where.startswith("case"):
             raw["theory"]["cases"][int(where[4:])]["trials"] = n

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from selenc.frontier import FOUND_COLUMNS
 from selenc.guidelines import RECORD_KEYS
 from selenc.results import COLUMNS
 from selenc.stats import STRONGEST
@@ -45,6 +46,10 @@ def tiny_params(raw: dict) -> dict:
         }
     )
     raw["sweep"].update(bound_grid=2, bound_iters=1)
+    raw["frontier"].update(n_start=1, n_step=1, n_max=1)
+    first = {"lenet": "dlg", "cnn": "ig", "bert": "token_leakage", "gpt2": "token_leakage"}
+    for arch, attack in first.items():
+        raw["frontier"][arch].update(metrics=raw["frontier"][arch]["metrics"][:1], attacks=[attack], points=2, check=1)
     raw["significance"]["samples"] = 1
     raw["models"]["cnn"]["pretrain"].update(epochs=1, samples=64)
     for group in raw["attacks"].values():
@@ -110,6 +115,12 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     assert (summary.ci_low <= summary["median"]).all() and (summary["median"] <= summary.ci_high).all()
     assert (summary.n_samples == 1).all() and "init" in pd.read_csv(reports / "results" / "lenet.csv")
     assert (reports / "results" / "paired.csv").is_file()
+    for arch in ("lenet", "cnn", "bert", "gpt2"):
+        found = pd.read_csv(reports / "results" / f"frontier_{arch}.csv")
+        assert list(found.columns) == list(FOUND_COLUMNS) and len(found) == 2 * len(set(found.ties))
+        assert set(pd.read_csv(reports / "results" / f"frontier_{arch}_probes.csv").ratio) <= {0.0, 0.5, 1.0}
+        assert json.loads((reports / "metrics" / f"frontier_{arch}.json").read_text())["trials"] > 0
+        assert (reports / "figures" / f"frontier_{arch}.png").stat().st_size > 1000
     records = json.loads((reports / "guidelines.json").read_text())
     assert records and all(set(r) == set(RECORD_KEYS) for r in records)
     assert (reports / "guidelines.md").read_text().startswith("# Selective encryption guidelines")
