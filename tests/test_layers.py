@@ -63,12 +63,14 @@ ORDER = (
     "selenc.cost",
     "selenc.executors",
     "selenc.engine",
-    # reading the tables
+    # reading the tables, and the search that reads them as it goes
     "selenc.stats",
+    "selenc.search",
     "selenc.findings",
     "selenc.plots",
     # the stages (`python -m selenc.<stage>` in dvc.yaml)
     "selenc.sweep",
+    "selenc.frontier",
     "selenc.theory_check",
     "selenc.compare",
     "selenc.guidelines",
@@ -178,5 +180,7 @@ def test_execution_settings_leave_dvc_status_clean_and_knobs_stale_only_their_st
         "theory",
         "sweep@bert",
         "sweep@gpt2",
+        "frontier@bert",
+        "frontier@gpt2",
         "guidelines",
     }
