@@ -6,6 +6,7 @@ DataFrame; notebooks only call them and show the output.
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -254,6 +255,9 @@ def privacy_cost(probes: pd.DataFrame, found: pd.DataFrame, arch: str, levels: l
                     ax.scatter(at.he_mb, at.success_median, marker=marker, s=110, color=colours[metric],
                                edgecolor="black", zorder=3)  # fmt: skip
         ax.set(xscale="log", xlabel="HE MB per upload (log)", title=f"victim {victim}, ties {ties}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # labels 1, 2, 5 per decade
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"strongest attacker's median {label}")
     handles = [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="black", markersize=10) for m in

@@ -95,5 +95,6 @@ def test_a_failed_trial_fails_the_stage_and_writes_nothing(raw, tmp_path, monkey
         p.write_text("from an older run")
     assert frontier.main(["--arch", "lenet", "--params", str(path), "--reports", str(reports)]) == 1
     assert not any(p.exists() for p in stale)
-    cached = list((tmp_path / "cache" / "trials" / "lenet").glob("*.json"))
-    assert len(cached) == 5  # the finished trials only (ρ = 1: nothing visible); timeouts are never cached
+    cached = [p.read_text() for p in (tmp_path / "cache" / "trials" / "lenet").glob("*.json")]
+    # only finished trials are cached (ρ = 1, where nothing is visible, may finish in time); timeouts never
+    assert len(cached) <= slow["frontier"]["n_start"] and all('"status": "ok"' in c for c in cached)

@@ -123,7 +123,7 @@ def test_hidden_layer_falls_back_to_matching(victims, params):
 def test_batch_two_reads_label_rows(victims, params, raw):
     """Batch 2: each sample gets its label's row (a mix, flagged `mixed`, never `exact`)."""
     victim = victims["cnn"]
-    update = with_changes(raw, **{"update.batch_size": 2}).update
+    update = with_changes(raw, **{"update.batch_size": 2, "frontier.n_max": 10}).update  # 10 probes x 2 = the pool
     batch = target_batch(victim, "cifar10", [0, 1])
     observed = observe_client(victim, batch, update)
     result = ATTACKS["linear"](observed, victim, with_changes_steps(params, 3), "mask_aware", 0)

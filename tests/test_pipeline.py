@@ -118,7 +118,8 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     for arch in ("lenet", "cnn", "bert", "gpt2"):
         found = pd.read_csv(reports / "results" / f"frontier_{arch}.csv")
         assert list(found.columns) == list(FOUND_COLUMNS) and len(found) == 2 * len(set(found.ties))
-        assert set(pd.read_csv(reports / "results" / f"frontier_{arch}_probes.csv").ratio) <= {0.0, 0.5, 1.0}
+        grid = {0.0, 0.5, 1.0} if arch in ("lenet", "cnn") else {0.0, 0.005, 1.0}  # linear / log, 2 points
+        assert set(pd.read_csv(reports / "results" / f"frontier_{arch}_probes.csv").ratio) <= grid
         assert json.loads((reports / "metrics" / f"frontier_{arch}.json").read_text())["trials"] > 0
         assert (reports / "figures" / f"frontier_{arch}.png").stat().st_size > 1000
     records = json.loads((reports / "guidelines.json").read_text())
