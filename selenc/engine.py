@@ -1,6 +1,7 @@
 """The sweep engine: one architecture's grid, run (or resumed) through an executor into the results table.
 
-`run_sweep(params, arch)` is what the sweep and theory stages call (`sweep`, `theory_check`).
+`run_sweep(params, arch)` is what the sweep and theory stages call (`sweep`, `theory_check`); `run_parts` (tasks in,
+outcomes out, through the cache and an executor) is what it and the frontier's rounds (`frontier`) share.
 Every unique computation of the grid (`grid.Trial.identity`) is looked up in the trial cache under a key that hashes
 everything its result depends on: the grid point, the params sections the trial reads, the data's content, the
 library versions and the source of every module the trial imports (`cache.source_fingerprint`). Missing ones are
@@ -22,6 +23,7 @@ table, unless `allow_errors` asks for the table anyway (exploration). HE cost is
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -182,11 +184,10 @@ def check_finished(what: str, outcomes: dict[str, Outcome], allow_errors: bool =
 def costs(params: Params, arch: str, ratios: set[float], root: Path) -> dict[float, Cost]:
     """The measured HE cost (`cost.measure`) of every ratio, from the cost cache or measured and cached."""
     store = cache.Store(root / "he" / arch)
-    victim: list = []  # built once, on the CPU, the first time a ratio is not cached
+    victim = functools.cache(lambda: build_victim(arch, params, device=torch.device("cpu")))  # once, if needed
 
     def measure(ratio: float) -> Cost:
-        victim[:] = victim or [build_victim(arch, params, device=torch.device("cpu"))]
-        return cost.measure(params, arch, ratio, victim[0])
+        return cost.measure(params, arch, ratio, victim())
 
     out = {}
     for ratio in sorted(ratios):

@@ -129,9 +129,8 @@ def run_frontier(params: Params, arch: str, cache_dir: Path | None = None, progr
     with engine.EXECUTORS[params.sweep.executor](params) as executor:  # its workers serve every round
         found = rounds(params, arch, searches, rule, cells, outcomes, store, executor, progress)
     costs = engine.costs(params, arch, {r for _, r in cells}, root)
-    return Frontier(
-        found_table(params, arch, found, cells, costs), probe_table(params, arch, cells, costs), len(outcomes)
-    )
+    probes = probe_table(params, arch, cells, costs)
+    return Frontier(found_table(params, arch, found, probes), probes, len(outcomes))
 
 
 def rounds(
@@ -174,6 +173,9 @@ def rounds(
     return found
 
 
+COST_COLUMNS = ("he_ciphertexts", "he_mb", "he_ms")
+
+
 def _cost_columns(cost: Cost) -> dict:
     return {"he_ciphertexts": cost.he_ciphertexts, "he_mb": cost.he_bytes / MB, "he_ms": cost.he_encrypt_s * 1e3}
 
@@ -205,10 +207,11 @@ FOUND_COLUMNS = (
 NO_RATIO, BASELINE = "no ratio protects", "baseline not broken"
 
 
-def found_table(params: Params, arch: str, found: dict, cells: dict, costs: dict[float, Cost]) -> pd.DataFrame:
-    """One row per search (FOUND_COLUMNS): ρ*, its bracket, and at ρ* the samples, the protected share with its
-    Wilson interval, the strongest attacker's median success with its bootstrap interval and the HE cost."""
+def found_table(params: Params, arch: str, found: dict, probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per search (FOUND_COLUMNS): ρ*, its bracket, and at ρ* its probe's samples, protected share with its
+    Wilson interval, the strongest attacker's median success with its bootstrap interval and HE cost (`probe_table`)."""
     attacks = getattr(params.frontier, arch).attacks
+    at = probes.set_index(["metric", "victim", "ties", "ratio"])
     rows = []
     for (group, name), f in sorted(found.items()):
         row = {"arch": arch, "metric": group.metric, "privacy_level": name, "victim": group.victim, "ties": group.ties}
@@ -217,15 +220,13 @@ def found_table(params: Params, arch: str, found: dict, cells: dict, costs: dict
         row |= {"status": status, "ratio_star": f.ratio_star, "bracket_low": f.bracket_low}
         row["bracket_high"] = f.ratio_star
         row |= {"monotone": f.monotone, "violating_ratio": f.violating_ratio, "probes": len(f.probes)}
-        row["trials"] = sum(len(cells[(group, r)]) for r in f.probes) * len(attacks)
+        read = at.loc[[(group.metric, group.victim, group.ties, r) for r in f.probes], "n"]
+        row["trials"] = int(read.sum()) * len(attacks)
         if f.ratio_star is not None:
-            c = cells[(group, f.ratio_star)]
-            k = int(c[name].sum())
-            low, high = stats.wilson(k, len(c))
-            med, s_low, s_high = stats.median_ci(c.success.to_numpy(), params.study.seed)
-            row |= {"n": len(c), "protected_share": k / len(c), "protected_low": low, "protected_high": high}
-            row |= {"success_median": med, "success_low": s_low, "success_high": s_high}
-            row |= _cost_columns(costs[f.ratio_star])
+            probe = at.loc[(group.metric, group.victim, group.ties, f.ratio_star)]
+            row |= {"n": probe.n, "protected_share": probe[f"protected_{name}"]}
+            row |= {"protected_low": probe[f"{name}_low"], "protected_high": probe[f"{name}_high"]}
+            row |= {c: probe[c] for c in ("success_median", "success_low", "success_high", *COST_COLUMNS)}
         rows.append(row)
     return pd.DataFrame(rows, columns=list(FOUND_COLUMNS))
 
