@@ -9,7 +9,9 @@
   cells zero-fill calls protected that the mask-aware attacker breaks), the shared-mask, decoy and trained-victim
   gaps, all over 0 < ρ < 1 with their samples (the unit of every test), pairs, intervals and p; the support threshold
   (the share of the update that is non-zero: a ratio at or above it can hide every non-zero coordinate); label
-  accuracy with nothing encrypted; T4 per attack beyond the ratio.
+  accuracy with nothing encrypted; T4 per attack beyond the ratio; `decisive`, per level, the masked (cell, sample)
+  pairs each attack alone broke among those it ran on beside another (`stats.decisive`; the frontier's attack sets
+  lean on it).
 
 Every p-value and interval counts samples, never rows (`stats`).
 """
@@ -84,6 +86,7 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
             )
     flags = overstated(table, level, levels)
     support = support_threshold(table)
+    decisive = stats.decisive(main_trials(table, cfg), levels)
     ok = table[table.status == "ok"]
     for arch in out:
         out[arch]["zero_fill_overstated_cells"] = (
@@ -92,6 +95,7 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
             else None
         )
         out[arch]["support_threshold"] = support.get(arch)
+        out[arch]["decisive"] = decisive.get(arch)
         unprotected = main_trials(ok[(ok.arch == arch) & (ok.ratio == 0)], cfg)
         out[arch]["label_acc_unprotected"] = _round(unprotected.label_acc.mean()) if len(unprotected) else None
         col, _ = success_column(arch)

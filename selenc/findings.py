@@ -211,6 +211,20 @@ def support_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+
+def decisive_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
+    """Per architecture, level and attack: the masked (cell, sample) pairs it alone broke, of those it ran on beside
+    another attack, and the samples they span (`stats.decisive`)."""
+    rows = []
+    for a in archs:
+        for level, per_attack in (metrics[a].get("decisive") or {}).items():
+            for attack, d in per_attack.items():
+                rows.append(
+                    {"arch": a, "level": level, "attack": attack, "alone broke": d["alone_broke"]}
+                    | {"pairs": d["pairs"], "samples": d["samples"]}
+                )
+    return pd.DataFrame(rows, columns=["arch", "level", "attack", "alone broke", "pairs", "samples"])
+
 # --- T4 (notebooks 01 and 03) ---------------------------------------------------------------------------------------
 def _ci(ci: list[float]) -> str:
     return "no interval" if ci[0] != ci[0] else f"{ci[0]:.2f}, {ci[1]:.2f}"

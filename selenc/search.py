@@ -11,7 +11,9 @@ decisions are then a pure function of the evidence: the same trial results give 
 A probe's verdict (k of its n samples protected) follows the guidelines' rule: it *protects* when the Wilson lower
 end of k/n reaches `min_protected`, it *fails* when the upper end is below it or when n reached `n_max` with the
 interval still straddling (the rule then says it does not protect); otherwise it is *open* and wants `n_step` more
-samples (a new probe starts with `n_start`).
+samples (a new probe starts with `n_start`). An open probe is curtailed, failing at once, when it could no longer
+protect at `n_max` even if every remaining sample were protected: the lower end only rises with protected samples, so
+its verdict at `n_max` is already the one it would end with.
 
 The search: the lowest ratio of the grid (nothing encrypted) must fail and the highest must protect; between them a
 bisection over grid indices, optimistic about the two ends until their verdicts arrive, which is why all three are
@@ -74,6 +76,8 @@ def verdict(flags: Sequence[bool], min_protected: float, rule: Rule) -> str:
         return PROTECTS
     if high < min_protected - 1e-12 or n >= rule.n_max:
         return FAILS
+    if wilson(sum(flags) + rule.n_max - n, rule.n_max)[0] < min_protected - 1e-12:
+        return FAILS  # curtailed: not even all remaining samples protected would clear it at n_max
     return OPEN
 
 

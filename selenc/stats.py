@@ -99,6 +99,31 @@ def strongest(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
 
 
+def decisive(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> dict:
+    """Which attacks decide the strongest attacker's verdicts: per architecture and level, over the masked cells
+    (0 < ρ < 1) of the rows given, for each attack the (cell, sample) pairs it alone broke (every other attack that
+    ran on the pair failed there), out of the pairs where two or more attacks ran, and the samples those span. An
+    attack that alone breaks none adds nothing to the verdicts it ran beside."""
+    ok = table[(table.status == "ok") & (table.ratio > 0) & (table.ratio < 1)]
+    keys = [c for c in CELL if c != "attack"] + SAMPLE
+    out: dict = {}
+    for arch, rows in ok.groupby("arch"):
+        for name, level in levels.items():
+            flags = rows.assign(broken=~protected(rows, level)).pivot_table(
+                index=keys, columns="attack", values="broken", aggfunc="first"
+            )
+            flags = flags[flags.notna().sum(axis=1) >= 2]
+            samples = flags.reset_index()[SAMPLE].drop_duplicates()
+            level_out = out.setdefault(arch, {}).setdefault(name, {})
+            for attack in flags.columns:
+                ran = flags[flags[attack].notna()]
+                if ran.empty:
+                    continue
+                others = ran.drop(columns=attack)
+                alone = ran[attack].astype(bool) & ~others.fillna(False).astype(bool).any(axis=1)
+                level_out[attack] = {"alone_broke": int(alone.sum()), "pairs": len(ran), "samples": len(samples)}
+    return out
+
 def median_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
     """Median and its percentile-bootstrap CONFIDENCE interval (both ends the median when n < 2 or all equal)."""
     values = np.asarray(values, dtype=float)

@@ -53,6 +53,16 @@ def test_sequential_sampling_stops_as_soon_as_the_interval_clears():
     assert max(map(len, evidence.values())) <= RULE.n_max
 
 
+def test_a_probe_that_can_no_longer_clear_at_n_max_is_curtailed():
+    # 3 of 10 protected: even 10 more protected samples give 13 of 20, whose Wilson interval still holds 0.5
+    assert wilson(13, 20)[0] < 0.5 and wilson(14, 20)[0] < 0.5 < wilson(15, 20)[0]
+    assert verdict([True] * 3 + [False] * 7, 0.5, RULE) == FAILS
+    assert verdict([True] * 5 + [False] * 5, 0.5, RULE) == OPEN  # 15 of 20 would still clear
+    # at 0.5, 2 of every 5 samples protected: the probe stops at 10 samples instead of running to n_max
+    found, evidence, _ = drive(Search(GRID, 0.5, CHECK), lambda r, j: r > 0.5 or (r == 0.5 and j % 5 < 2))
+    assert len(evidence[0.5]) == 10 and found.ratio_star == 0.5 + 1 / 32
+
+
 def test_a_non_monotone_curve_is_flagged_and_the_answer_moved_above_the_violation():
     def oracle(r, j):  # protects from 0.25 on, except a window where a support-matching attacker gets back in
         return r >= 0.25 and not 0.6 <= r < 0.7

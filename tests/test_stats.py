@@ -190,3 +190,16 @@ def test_an_interval_over_samples_is_wider_than_one_that_counts_rows():
     half = 1.96 / np.sqrt(90 - 3)
     rows_low, rows_high = np.tanh(np.arctanh(pooled) - half), np.tanh(np.arctanh(pooled) + half)
     assert high - low > 2 * (rows_high - rows_low)
+
+
+def test_decisive_counts_the_pairs_an_attack_alone_broke(params):
+    """Strict level: PSNR above 12 dB breaks. At 0.3 linear alone breaks trials 0-2, both break trial 3, neither
+    trial 4; at 0.6 dlg alone breaks trial 0. ρ = 0 and an attack run alone (idlg) count nowhere."""
+    table = pd.DataFrame(
+        rows("linear", "magnitude", {0.0: 40.0, 0.3: [20.0, 20, 20, 20, 5], 0.6: 5.0})
+        + rows("dlg", "magnitude", {0.0: 40.0, 0.3: [5.0, 5, 5, 20, 5], 0.6: [20.0, 5, 5, 5, 5]})
+        + rows("idlg", "random", {0.3: 30.0})
+    )
+    out = stats.decisive(table, params.guidelines.levels)["lenet"]["strict"]
+    assert out["linear"] == {"alone_broke": 3, "pairs": 10, "samples": 5}
+    assert out["dlg"] == {"alone_broke": 1, "pairs": 10, "samples": 5} and "idlg" not in out
