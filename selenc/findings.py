@@ -211,7 +211,6 @@ def support_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-
 def decisive_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
     """Per architecture, level and attack: the masked (cell, sample) pairs it alone broke, of those it ran on beside
     another attack, and the samples they span (`stats.decisive`)."""
@@ -224,6 +223,7 @@ def decisive_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
                     | {"pairs": d["pairs"], "samples": d["samples"]}
                 )
     return pd.DataFrame(rows, columns=["arch", "level", "attack", "alone broke", "pairs", "samples"])
+
 
 # --- T4 (notebooks 01 and 03) ---------------------------------------------------------------------------------------
 def _ci(ci: list[float]) -> str:

@@ -124,6 +124,7 @@ def decisive(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> dict:
                 level_out[attack] = {"alone_broke": int(alone.sum()), "pairs": len(ran), "samples": len(samples)}
     return out
 
+
 def median_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
     """Median and its percentile-bootstrap CONFIDENCE interval (both ends the median when n < 2 or all equal)."""
     values = np.asarray(values, dtype=float)
