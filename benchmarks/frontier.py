@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from selenc.config import load_params
-from selenc.frontier import Group, probe_trials
+from selenc.frontier import groups_of, probe_trials
 from selenc.grid import distinct
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def fixed_grid_trials(params, arch: str) -> int:
     spec = getattr(params.frontier, arch)
-    groups = [Group(m, v, t) for v in spec.victims for t in spec.ties for m in spec.metrics]
+    groups = groups_of(params, arch)
     samples = range(params.frontier.n_max)
     return len(distinct([t for g in groups for r in spec.grid() for t in probe_trials(params, arch, g, r, samples)]))
 

@@ -31,6 +31,7 @@ from selenc.settings import (
     Attacks,
     ConfigError,
     Params,
+    UpdateChange,
 )
 from selenc.significance import METRICS, NEEDS_TOKEN_EMBEDDING
 
@@ -67,22 +68,29 @@ class _Grid(NamedTuple):
     attacks: list[tuple[str, str]]  # (key below `where`, attack name)
     victims: list[str]
     trials: int
+    batches: list[tuple[str, int]]  # (the key that sets it, batch size) per client update the grid runs
     count: str = "trials"  # the key below `where` (or absolute, with a dot) that sets `trials`
 
 
-def _grids(p: Params) -> list[_Grid]:
-    out = [
-        _Grid(
-            f"sweep.{arch}" + (f".slices.{i - 1}" if i else ""),
-            arch,
-            grid.metrics,
-            [(f"attacks.{j}", a) for j, a in enumerate(grid.attacks)],
-            grid.victims,
-            grid.trials,
-        )
-        for arch in ARCH_MODALITY
-        for i, grid in enumerate(getattr(p.sweep, arch).products())
+def _batches(p: Params, where: str, updates: list[UpdateChange]) -> list[tuple[str, int]]:
+    """Each update's batch size with the key that sets it: `<where>.updates.<k>.batch_size` or update.batch_size."""
+    return [
+        (f"{where}.updates.{k}.batch_size", u.batch_size) if u.batch_size is not None else ("update.batch_size", b)
+        for k, u in enumerate(updates)
+        for b in [p.update.batch_size]
     ]
+
+
+def _grids(p: Params) -> list[_Grid]:
+    out = []
+    for arch in ARCH_MODALITY:
+        sweep = getattr(p.sweep, arch)
+        for i, grid in enumerate(sweep.products()):
+            where = f"sweep.{arch}" + (f".slices.{i - 1}" if i else "")
+            own = i == 0 or sweep.slices[i - 1].updates is not None  # else the main grid's updates
+            batches = _batches(p, where if own else f"sweep.{arch}", grid.updates)
+            attacks = [(f"attacks.{j}", a) for j, a in enumerate(grid.attacks)]
+            out.append(_Grid(where, arch, grid.metrics, attacks, grid.victims, grid.trials, batches))
     seeds = p.study.model_seeds
     out += [  # a frontier probe's samples are (init, trial) pairs: n_max of them need ceil(n_max / seeds) trials
         _Grid(
@@ -92,6 +100,7 @@ def _grids(p: Params) -> list[_Grid]:
             [(f"attacks.{j}", a) for j, a in enumerate(f.attacks)],
             f.victims,
             -(-p.frontier.n_max // seeds),
+            _batches(p, f"frontier.{arch}", f.updates),
             "frontier.n_max",
         )
         for arch in ARCH_MODALITY
@@ -99,7 +108,15 @@ def _grids(p: Params) -> list[_Grid]:
     ]
     cases = p.theory.cases
     return out + [
-        _Grid(f"theory.cases.{i}", c.arch, c.metrics, [("attack", c.attack)], ["untrained"], c.trials)
+        _Grid(
+            f"theory.cases.{i}",
+            c.arch,
+            c.metrics,
+            [("attack", c.attack)],
+            ["untrained"],
+            c.trials,
+            [("update.batch_size", p.update.batch_size)],
+        )
         for i, c in enumerate(cases)
     ]
 
@@ -157,15 +174,15 @@ def _check_limits(p: Params, source: str) -> None:
             f"SEAL allows at most {SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): "
             "use fewer or smaller primes or a larger poly_modulus_degree"
         )
-    batch = p.update.batch_size
-    for where, arch, _, _, _, trials, count in _grids(p):
+    for where, arch, _, _, _, trials, batches, count in _grids(p):
         dataset = getattr(p.models, arch).dataset
         key = count if "." in count else f"{where}.{count}"
-        if trials * batch > TARGET_POOL[dataset]:
-            raise ConfigError(
-                f"{source}: {key}: {trials} trials x update.batch_size {batch} = {trials * batch} samples, "
-                f"but the {dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
-            )
+        for batch_key, batch in batches:
+            if trials * batch > TARGET_POOL[dataset]:
+                raise ConfigError(
+                    f"{source}: {key}: {trials} trials x {batch_key} {batch} = {trials * batch} samples, but the "
+                    f"{dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
+                )
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
@@ -179,7 +196,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     _check_names(params, source)
     _check_modalities(params, source)
     _check_limits(params, source)
-    return params
+    reads = UpdateChange(**params.guidelines.update.over(params.update).model_dump())  # every key filled in
+    return params.model_copy(update={"guidelines": params.guidelines.model_copy(update={"update": reads})})
 
 
 class DuplicateKeyError(yaml.YAMLError):

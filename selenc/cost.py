@@ -20,7 +20,7 @@ import torch
 
 from selenc.gradients import client_update
 from selenc.he import HEClient
-from selenc.models import Victim, build_victim, target_batch
+from selenc.models import Victim, build_victim, client_targets, target_batch
 from selenc.results import Cost
 from selenc.selection import top_k_mask
 from selenc.settings import Params
@@ -31,7 +31,8 @@ SIZE_SAMPLES = 8  # fresh encryptions of one ciphertext that measure how much it
 def measure(params: Params, arch: str, ratio: float, victim: Victim | None = None) -> Cost:
     """Encrypt the first target batch's update of `arch` at ratio ρ and report what it cost."""
     victim = victim or build_victim(arch, params, device=torch.device("cpu"))
-    batch = target_batch(victim, getattr(params.models, arch).dataset, list(range(params.update.batch_size)))
+    dataset = getattr(params.models, arch).dataset
+    batch = target_batch(victim, dataset, client_targets(dataset, 0, params.update.batch_size))
     update = client_update(victim, batch, params.update)
     client = HEClient(params.he)
     mask = top_k_mask(update.abs(), ratio)

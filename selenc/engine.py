@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from selenc import cache, cost, data, results
 from selenc.attacks import VECTORISED
 from selenc.executors import EXECUTORS
-from selenc.grid import Trial, distinct, expand
+from selenc.grid import Trial, distinct, expand, update_fields
 from selenc.models import build_victim, resolve_device
 from selenc.results import Cost, Outcome
 from selenc.settings import LBFGSAttack, Params, configurations
@@ -55,13 +55,14 @@ class SweepFailed(RuntimeError):
 # --- cache keys: what a result depends on ------------------------------------------------------------------------
 def partition(params: Params, trials: list[Trial]) -> list[list[Trial]]:
     """The tasks of a sweep: `trials` (`grid.distinct` computations, in grid order) of a vectorised attack grouped per
-    (attack, metric, victim, initialisation), each group cut into batches of `sweep.batch_trials` (0: MAX_BATCH of the
-    device); the other attacks' trials one task per client upload (`Trial.upload`), so that the analytic attacks on
-    one upload share its preparation (`trial.run_trials`)."""
+    (attack, metric, victim, client update, initialisation), each group cut into batches of `sweep.batch_trials` (0:
+    MAX_BATCH of the device); the other attacks' trials one task per client upload (`Trial.upload`), so that the
+    analytic attacks on one upload share its preparation (`trial.run_trials`)."""
     size = params.sweep.batch_trials or MAX_BATCH[resolve_device(params.study.device).type]
     groups: dict[tuple, list[Trial]] = {}
     for t in trials:
-        key = (t.attack, t.identity()["metric"], t.victim, t.init) if t.attack in VECTORISED else (t.upload(),)
+        vectorised = (t.attack, t.identity()["metric"], t.victim, update_fields(t.update), t.init)
+        key = vectorised if t.attack in VECTORISED else (t.upload(),)
         groups.setdefault(key, []).append(t)
     out = []
     for group in groups.values():
@@ -92,7 +93,6 @@ def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = 
         "seed": params.study.seed,
         "device": params.study.device,
         "model": getattr(params.models, trial.arch).model_dump(exclude=UNUSED_BY[trial.victim]),
-        "update": params.update.model_dump(),
         "significance": params.significance.model_dump(),
         "attack": attack_cfg.model_dump() if attack_cfg is not None else None,
         "bound": {"grid": params.sweep.bound_grid, "iters": params.sweep.bound_iters},

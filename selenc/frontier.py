@@ -3,13 +3,13 @@ searched (`search`) against the strongest attacker, and the privacy–cost front
 
     python -m selenc.frontier --arch lenet   # reports/results/frontier_lenet.csv, frontier_lenet_probes.csv, ...
 
-A *group* is the cells that differ only in their ratio: one metric, victim and tie rule, with the attacker the
-guidelines read (`guidelines.threat_model`, `guidelines.mask_source`) and every attack of `frontier.<arch>.attacks`
-on each sample (a sample is protected at a level only when every attack failed there, `stats.protected`). Each
-(group, level) is one search. Searches run in rounds: every open search says which ratios want how many samples
-(`search.step`), the round runs all of it as one set of tasks through the sweep engine (`engine.run_parts`: the
-executors and the trial cache), and every search replays on the grown evidence. Levels of one group share their
-probes: a cell is run once, whichever search asked.
+A *group* is the cells that differ only in their ratio: one metric, victim, tie rule and client update, with the
+attacker the guidelines read (`guidelines.threat_model`, `guidelines.mask_source`) and every attack of
+`frontier.<arch>.attacks` on each sample (a sample is protected at a level only when every attack failed there,
+`stats.protected`). Each (group, level) is one search. Searches run in rounds: every open search says which ratios want
+how many samples (`search.step`), the round runs all of it as one set of tasks through the sweep engine
+(`engine.run_parts`: the executors and the trial cache), and every search replays on the grown evidence. Levels of one
+group share their probes: a cell is run once, whichever search asked.
 
 Samples and batches: sample j is (initialisation j mod study.model_seeds, trial j div study.model_seeds), so a probe's
 first n samples are always the same. They come in chunks (the first `n_start`, then `n_step` at a time), and one chunk
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from selenc import cache, data, engine, plots, stats
 from selenc.config import load_params
-from selenc.grid import Trial, distinct
+from selenc.grid import Trial, distinct, update_fields, update_label
 from selenc.results import Cost, Outcome
 from selenc.search import PROTECTS, Found, Rule, Search, step, verdict
 from selenc.settings import ARCH_MODALITY, ConfigError, Params
@@ -51,6 +51,17 @@ class Group:
     metric: str
     victim: str
     ties: str
+    update_kind: str  # the client update, as a trial carries it (`grid.update_fields`)
+    batch_size: int
+    local_steps: int
+    local_lr: float
+
+    @property
+    def update(self) -> tuple[str, int, int, float]:
+        return self.update_kind, self.batch_size, self.local_steps, self.local_lr
+
+
+GROUP = [f.name for f in dataclasses.fields(Group)]  # the columns that name a group in the tables
 
 
 @dataclass
@@ -60,6 +71,13 @@ class Frontier:
     found: pd.DataFrame
     probes: pd.DataFrame
     trials: int
+
+
+def groups_of(params: Params, arch: str) -> list[Group]:
+    """Every group `frontier.<arch>` searches: victim x tie rule x client update x metric."""
+    spec = getattr(params.frontier, arch)
+    updates = [update_fields(u.over(params.update)) for u in spec.updates]
+    return [Group(m, v, t, *u) for v in spec.victims for t in spec.ties for u in updates for m in spec.metrics]
 
 
 def rule_of(params: Params) -> Rule:
@@ -81,7 +99,7 @@ def probe_trials(params: Params, arch: str, group: Group, ratio: float, samples:
     cfg, seeds = params.guidelines, params.study.model_seeds
     cell = (cfg.threat_model, group.metric, ratio, cfg.mask_source, group.ties, group.victim)
     attacks = getattr(params.frontier, arch).attacks
-    return [Trial(arch, a, *cell, j % seeds, j // seeds) for j in samples for a in attacks]
+    return [Trial(arch, a, *cell, *group.update, j % seeds, j // seeds) for j in samples for a in attacks]
 
 
 def tasks(params: Params, arch: str, asks: dict[tuple[Group, float], tuple[int, int]]) -> list[list[Trial]]:
@@ -118,7 +136,7 @@ def run_frontier(params: Params, arch: str, cache_dir: Path | None = None, progr
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir()
     store = cache.Store(root / "trials" / arch)
     spec, rule, levels = getattr(params.frontier, arch), rule_of(params), params.guidelines.levels
-    groups = [Group(m, v, t) for v in spec.victims for t in spec.ties for m in spec.metrics]
+    groups = groups_of(params, arch)
     searches = {
         (g, name): Search(spec.grid(), level.min_protected, spec.check_ratios())
         for g in groups
@@ -187,7 +205,7 @@ def probe_table(params: Params, arch: str, cells: dict, costs: dict[float, Cost]
     attacks = "+".join(sorted(getattr(params.frontier, arch).attacks))
     for (group, ratio), c in sorted(cells.items()):
         med, low, high = stats.median_ci(c.success.to_numpy(), seed)
-        row = {"arch": arch, **group.__dict__, "ratio": ratio, "attack_set": attacks, "n": len(c)}
+        row = {"arch": arch, **dataclasses.asdict(group), "ratio": ratio, "attack_set": attacks, "n": len(c)}
         row |= {"success_median": med, "success_low": low, "success_high": high}
         for name, level in params.guidelines.levels.items():
             k = int(c[name].sum())
@@ -199,7 +217,8 @@ def probe_table(params: Params, arch: str, cells: dict, costs: dict[float, Cost]
 
 
 FOUND_COLUMNS = (
-    "arch", "metric", "privacy_level", "victim", "ties", "attack_set", "status", "ratio_star", "bracket_low",
+    "arch", "metric", "privacy_level", "victim", "ties", "update_kind", "batch_size", "local_steps", "local_lr",
+    "attack_set", "status", "ratio_star", "bracket_low",
     "bracket_high", "n",
     "protected_share", "protected_low", "protected_high", "success_median", "success_low", "success_high",
     "monotone", "violating_ratio", "probes", "trials", "he_ciphertexts", "he_mb", "he_ms",
@@ -211,19 +230,19 @@ def found_table(params: Params, arch: str, found: dict, probes: pd.DataFrame) ->
     """One row per search (FOUND_COLUMNS): ρ*, its bracket, and at ρ* its probe's samples, protected share with its
     Wilson interval, the strongest attacker's median success with its bootstrap interval and HE cost (`probe_table`)."""
     attacks = getattr(params.frontier, arch).attacks
-    at = probes.set_index(["metric", "victim", "ties", "ratio"])
+    at = probes.set_index([*GROUP, "ratio"])
     rows = []
     for (group, name), f in sorted(found.items()):
-        row = {"arch": arch, "metric": group.metric, "privacy_level": name, "victim": group.victim, "ties": group.ties}
+        row = {"arch": arch, **dataclasses.asdict(group), "privacy_level": name}
         row["attack_set"] = "+".join(sorted(attacks))
         status = NO_RATIO if f.ratio_star is None else BASELINE if f.bracket_low is None else PROTECTS
         row |= {"status": status, "ratio_star": f.ratio_star, "bracket_low": f.bracket_low}
         row["bracket_high"] = f.ratio_star
         row |= {"monotone": f.monotone, "violating_ratio": f.violating_ratio, "probes": len(f.probes)}
-        read = at.loc[[(group.metric, group.victim, group.ties, r) for r in f.probes], "n"]
+        read = at.loc[[(*dataclasses.astuple(group), r) for r in f.probes], "n"]
         row["trials"] = int(read.sum()) * len(attacks)
         if f.ratio_star is not None:
-            probe = at.loc[(group.metric, group.victim, group.ties, f.ratio_star)]
+            probe = at.loc[(*dataclasses.astuple(group), f.ratio_star)]
             row |= {"n": probe.n, "protected_share": probe[f"protected_{name}"]}
             row |= {"protected_low": probe[f"{name}_low"], "protected_high": probe[f"{name}_high"]}
             row |= {c: probe[c] for c in ("success_median", "success_low", "success_high", *COST_COLUMNS)}
@@ -232,10 +251,13 @@ def found_table(params: Params, arch: str, found: dict, probes: pd.DataFrame) ->
 
 
 def stage_metrics(frontier: Frontier) -> dict:
-    """ρ* per victim, tie rule, level and metric (`dvc metrics diff` compares them), and the trials spent."""
+    """ρ* per victim, tie rule, client update (`grid.update_label`), level and metric (`dvc metrics diff` compares
+    them), and the trials spent."""
     out: dict = {"trials": frontier.trials, "probes": len(frontier.probes), "ratio_star": {}}
     for r in frontier.found.itertuples():
-        where = out["ratio_star"].setdefault(r.victim, {}).setdefault(r.ties, {}).setdefault(r.privacy_level, {})
+        update = update_label(r.update_kind, r.batch_size, r.local_steps, r.local_lr)
+        where = out["ratio_star"].setdefault(r.victim, {}).setdefault(r.ties, {}).setdefault(update, {})
+        where = where.setdefault(r.privacy_level, {})
         where[r.metric] = None if pd.isna(r.ratio_star) else float(r.ratio_star)
     return out
 

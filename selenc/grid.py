@@ -1,6 +1,6 @@
 """The study's grid for one architecture: metric × ratio × attack × threat model × mask source × ties × victim ×
-model initialisation × sample, as a main cross product plus optional slices (further cross products, e.g. zero-fill
-on a few metrics).
+client update × model initialisation × sample, as a main cross product plus optional slices (further cross products,
+e.g. zero-fill on a few metrics).
 
 A `Trial` is one grid point; `expand` lists an architecture's grid from params in a fixed order (the order of the
 results table). At ρ = 0 and ρ = 1 the mask does not depend on the metric, the mask source or the ties, and at
@@ -14,7 +14,20 @@ import itertools
 import json
 from dataclasses import asdict, dataclass
 
-from selenc.settings import Params
+from selenc.settings import Params, Update
+
+
+def update_fields(update: Update) -> tuple[str, int, int, float]:
+    """A client update as a trial's (update_kind, batch_size, local_steps, local_lr). FedSGD takes no local step:
+    0 and 0.0, so settings it ignores never split a grid point."""
+    if update.kind == "fedsgd":
+        return update.kind, update.batch_size, 0, 0.0
+    return update.kind, update.batch_size, update.local_steps, update.local_lr
+
+
+def update_label(kind: str, batch_size: int, local_steps: int, local_lr: float) -> str:
+    """A trial's update fields as a short label: 'fedsgd B=1', 'fedavg B=4 3x0.1' (local steps x learning rate)."""
+    return f"{kind} B={batch_size}" + (f" {local_steps}x{local_lr:g}" if kind == "fedavg" else "")
 
 
 def effective_metric(metric: str, ratio: float) -> str:
@@ -34,8 +47,18 @@ class Trial:
     mask_source: str
     ties: str  # index: equal scores go to the lower flat index | decoys: to client-seeded random ones (`selection`)
     victim: str  # untrained: the seeded init | trained: after `models.<arch>.pretrain` (`models.build_victim`)
+    update_kind: str  # the client update (`update_fields`): fedsgd | fedavg
+    batch_size: int  # samples in the client's batch
+    local_steps: int  # fedavg: local SGD steps (fedsgd: 0)
+    local_lr: float  # fedavg: local learning rate (fedsgd: 0.0)
     init: int  # which model initialisation (0 .. study.model_seeds - 1); (init, trial) is one sample
-    trial: int  # which real sample(s): the trial-th client batch of the target pool
+    trial: int  # which client: its batch holds targets trial, trial + P/B, ... (P targets in the pool, B per batch)
+
+    @property
+    def update(self) -> Update:
+        """The client update the trial's upload is (FedSGD's unused local settings filled with placeholders)."""
+        steps, lr = (self.local_steps, self.local_lr) if self.update_kind == "fedavg" else (1, 1.0)
+        return Update(kind=self.update_kind, batch_size=self.batch_size, local_steps=steps, local_lr=lr)
 
     @property
     def effective_metric(self) -> str:
@@ -63,10 +86,20 @@ def expand(params: Params, arch: str) -> list[Trial]:
     out: dict[Trial, None] = {}
     for g in getattr(params.sweep, arch).products():
         inits = range(params.study.model_seeds)
-        for attack, threat, metric, ratio, source, ties, victim, init, t in itertools.product(
-            g.attacks, g.threat_models, g.metrics, g.ratios, g.mask_sources, g.ties, g.victims, inits, range(g.trials)
+        updates = [update_fields(u.over(params.update)) for u in g.updates]
+        for attack, threat, metric, ratio, source, ties, victim, update, init, t in itertools.product(
+            g.attacks,
+            g.threat_models,
+            g.metrics,
+            g.ratios,
+            g.mask_sources,
+            g.ties,
+            g.victims,
+            updates,
+            inits,
+            range(g.trials),
         ):
-            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, victim, init, t))
+            out.setdefault(Trial(arch, attack, threat, metric, float(ratio), source, ties, victim, *update, init, t))
     return list(out)
 
 

@@ -38,7 +38,7 @@ from selenc.attacks import PUBLISHED_STEPS
 from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
-from selenc.results import main_trials
+from selenc.results import main_trials, on_update
 from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel, configurations
 from selenc.stats import CONFIDENCE, STRONGEST, wilson
 
@@ -251,7 +251,7 @@ def frontier_plan(frontiers: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     out = []
     if not len(frontiers):
         return pd.DataFrame(columns=list(FRONTIER_KEYS))
-    read = frontiers[(frontiers.victim == cfg.victim) & (frontiers.ties == cfg.ties)]
+    read = frontiers[(frontiers.victim == cfg.victim) & (frontiers.ties == cfg.ties) & on_update(frontiers, cfg.reads)]
     for (arch, level), group in read.groupby(["arch", "privacy_level"], sort=True):
         ranked = group[group.status == PROTECTS].sort_values(["he_mb", "ratio_star", "metric"])
         if not len(ranked):

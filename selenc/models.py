@@ -264,6 +264,14 @@ def module_input(module: nn.Module, forward: Callable[[], object]) -> torch.Tens
     return seen[0]
 
 
+def client_targets(dataset: str, client: int, batch_size: int) -> list[int]:
+    """The attack targets client `client` holds in a batch of `batch_size`: client, client + P // B, client + 2P // B,
+    ... (P the dataset's target pool). Every client's batch starts with target `client`, whatever its size, so a
+    client is the same sample at every batch size, and clients 0 .. P // B − 1 hold disjoint batches."""
+    stride = max(data.TARGET_POOL[dataset] // batch_size, 1)
+    return [client + k * stride for k in range(batch_size)]
+
+
 def target_batch(victim: Victim, dataset: str, indices: list[int]) -> Batch:
     """The client batch of attack targets `indices` of `dataset` (wrapping around the pool), on the victim's device."""
     if victim.modality == "image":

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from selenc.results import both_victims, decode_images, finite, main_trials, success_column
+from selenc.grid import update_label
+from selenc.results import UPDATE, both_victims, decode_images, finite, main_trials, matches, success_column
 from selenc.settings import Guidelines
 
 
@@ -235,26 +236,28 @@ LEVEL_MARKERS = ("*", "D", "s", "^", "v", "P")  # ρ* of the first, second, ... 
 
 def privacy_cost(probes: pd.DataFrame, found: pd.DataFrame, arch: str, levels: list[str]) -> plt.Figure:
     """The privacy–cost frontier (`frontier`): HE MB per upload (log) against the strongest attacker's median success
-    with its 95% bootstrap interval at every probed ratio, one line per metric, one panel per (victim, ties); each
-    metric's ρ* marked per privacy level."""
+    with its 95% bootstrap interval at every probed ratio, one line per metric, one panel per (victim, ties, client
+    update); each metric's ρ* marked per privacy level."""
     _, label = success_column(arch)
-    panels = sorted(probes.groupby(["victim", "ties"]).groups)
+    keys = ["victim", "ties", *UPDATE]
+    panels = sorted(probes.groupby(keys).groups)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False, sharey=True)
     metrics = sorted(probes.metric.unique())
     colours = dict(zip(metrics, sns.color_palette("tab10", len(metrics)), strict=True))
-    for ax, (victim, ties) in zip(axes[0], panels, strict=True):
-        here = probes[(probes.victim == victim) & (probes.ties == ties)].sort_values("ratio")
+    for ax, panel in zip(axes[0], panels, strict=True):
+        here = probes[matches(probes, keys, panel)].sort_values("ratio")
         for metric, rows in here.groupby("metric"):
             err = [rows.success_median - rows.success_low, rows.success_high - rows.success_median]
             ax.errorbar(rows.he_mb, rows.success_median, yerr=err, color=colours[metric], marker=".", lw=1, capsize=2,
                         label=metric)  # fmt: skip
-            stars = found[(found.metric == metric) & (found.victim == victim) & (found.ties == ties)]
+            stars = found[(found.metric == metric) & matches(found, keys, panel)]
             for level, marker in zip(levels, LEVEL_MARKERS, strict=False):
                 at = stars[(stars.privacy_level == level) & stars.ratio_star.notna()]
                 if len(at):
                     ax.scatter(at.he_mb, at.success_median, marker=marker, s=110, color=colours[metric],
                                edgecolor="black", zorder=3)  # fmt: skip
-        ax.set(xscale="log", xlabel="HE MB per upload (log)", title=f"victim {victim}, ties {ties}")
+        title = f"victim {panel[0]}, ties {panel[1]}, {update_label(*panel[2:])}"
+        ax.set(xscale="log", xlabel="HE MB per upload (log)", title=title)
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # labels 1, 2, 5 per decade
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

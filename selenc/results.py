@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from selenc.grid import Trial
-from selenc.settings import ARCH_MODALITY, Guidelines
+from selenc.grid import Trial, update_fields
+from selenc.settings import ARCH_MODALITY, Guidelines, Update
 
 STATUSES = ("ok", "error", "timeout")
 
@@ -83,6 +83,7 @@ class Cost(BaseModel):
 
 
 _GRID = tuple(f.name for f in dataclasses.fields(Trial))
+UPDATE = ("update_kind", "batch_size", "local_steps", "local_lr")  # a trial's client update (`grid.update_fields`)
 COLUMNS: tuple[str, ...] = (_GRID[0], "dataset", *_GRID[1:], *Outcome.model_fields, *Cost.model_fields)
 
 
@@ -113,12 +114,31 @@ def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return ok
 
 
-def main_trials(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
-    """The rows of the attacker and victim the guidelines read (`guidelines.threat_model`, `mask_source`, `ties`,
-    `victim`: by default the mask-aware attacker of the untrained victim's own mask with index ties). Figures, stage
-    metrics and comparisons read the same rows; the other grid axes are compared against these on the same samples."""
+def matches(table: pd.DataFrame, columns: list[str], values: tuple) -> pd.Series:
+    """Per row: do `columns` hold `values`?"""
+    out = pd.Series(True, index=table.index)
+    for column, value in zip(columns, values, strict=True):
+        out &= table[column] == value
+    return out
+
+
+def on_update(table: pd.DataFrame, update: Update) -> pd.Series:
+    """Per row: is it a trial of this client update (its `UPDATE` columns)?"""
+    return matches(table, list(UPDATE), update_fields(update))
+
+
+def _read(table: pd.DataFrame, cfg: Guidelines) -> pd.Series:
+    """Rows of the attacker, mask source, ties and client update the guidelines read, on either victim."""
     main = (table.threat_model == cfg.threat_model) & (table.mask_source == cfg.mask_source) & (table.ties == cfg.ties)
-    return table[main & (table.victim == cfg.victim)]
+    return main & on_update(table, cfg.reads)
+
+
+def main_trials(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """The rows of the attacker, victim and client update the guidelines read (`guidelines.threat_model`,
+    `mask_source`, `ties`, `victim`, `update`: by default the mask-aware attacker of the untrained victim's own mask
+    with index ties, on the `update` section's update). Figures, stage metrics and comparisons read the same rows; the
+    other grid axes are compared against these on the same samples."""
+    return table[_read(table, cfg) & (table.victim == cfg.victim)]
 
 
 def both_victims(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFrame:
@@ -126,7 +146,7 @@ def both_victims(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFram
     metrics and ratios run on the trained one (empty when none ran on it)."""
     col, _ = success_column(arch)
     ok = finite(table, col)
-    ok = ok[(ok.threat_model == cfg.threat_model) & (ok.mask_source == cfg.mask_source) & (ok.ties == cfg.ties)]
+    ok = ok[_read(ok, cfg)]
     trained = ok[ok.victim == "trained"]
     ran = ok.attack.isin(trained.attack.unique()) & ok.metric.isin(trained.metric.unique())
     return ok[ran & ok.ratio.isin(trained.ratio.unique())]

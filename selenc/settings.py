@@ -24,7 +24,7 @@ THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
 MASK_SOURCES: tuple[str, ...] = ("own", "shared")
 TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
 VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
-MAX_BATCH = 8
+MAX_BATCH = 64  # samples per client batch; a dataset's target pool may allow fewer (`config` names the limit)
 # SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
 SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
@@ -164,11 +164,28 @@ class Models(Section):
     gpt2: GPT2
 
 
+UpdateKind = Literal["fedsgd", "fedavg"]
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+
+
 class Update(Section):
-    kind: Literal["fedsgd", "fedavg"]
-    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)]
+    kind: UpdateKind
+    batch_size: BatchSize
     local_steps: PosInt
     local_lr: PosFloat
+
+
+class UpdateChange(Section):
+    """An entry of a grid's `updates`: the `update` section with the keys given replaced (none: the section itself)."""
+
+    kind: UpdateKind | None = None
+    batch_size: BatchSize | None = None
+    local_steps: PosInt | None = None
+    local_lr: PosFloat | None = None
+
+    def over(self, base: Update) -> Update:
+        """The update this entry names, `base` (the `update` section) supplying the keys it leaves out."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
 
 
 class Significance(Section):
@@ -300,6 +317,7 @@ class SweepSlice(Section):
     mask_sources: unique_list(MaskSource) | None = None
     ties: unique_list(Ties) | None = None
     victims: unique_list(VictimState) | None = None
+    updates: unique_list(UpdateChange) | None = None
     trials: PosInt | None = None
 
 
@@ -313,6 +331,7 @@ class SweepArch(Section):
     mask_sources: unique_list(MaskSource)
     ties: unique_list(Ties)
     victims: unique_list(VictimState)
+    updates: unique_list(UpdateChange) = [UpdateChange()]  # client updates (default: the `update` section alone)
     trials: PosInt
     slices: list[SweepSlice] = []
 
@@ -347,6 +366,7 @@ class FrontierArch(Section):
     attacks: unique_list(Attack)
     victims: unique_list(VictimState)
     ties: unique_list(Ties)
+    updates: unique_list(UpdateChange) = [UpdateChange()]  # client updates (default: the `update` section alone)
     spacing: Literal["linear", "log"]
     points: Annotated[int, Field(ge=2, le=1024)]
     lowest: Annotated[float, Field(gt=0.0, lt=1.0)]  # log spacing only: the smallest ratio above 0
@@ -423,6 +443,14 @@ class Guidelines(Section):
     mask_source: MaskSource
     ties: Ties
     victim: VictimState
+    # which client update's trials the guidelines read: the `update` section with these keys replaced; `config`
+    # fills in every key left out, so a loaded Params names the update in full (`reads`)
+    update: UpdateChange = UpdateChange()
+
+    @property
+    def reads(self) -> Update:
+        """The client update whose trials the guidelines read (every key filled in by `config.load_params`)."""
+        return Update(**self.update.model_dump())
 
 
 class Params(Section):

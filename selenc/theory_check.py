@@ -23,7 +23,7 @@ from selenc import cache, data, stats, theory
 from selenc.config import load_params
 from selenc.engine import SweepFailed, run_sweep
 from selenc.gradients import client_update, continuous_input
-from selenc.models import Batch, Victim, build_victim, target_batch
+from selenc.models import Batch, Victim, build_victim, client_targets, target_batch
 from selenc.observed import observe
 from selenc.results import success_column
 from selenc.selection import top_k_mask
@@ -53,7 +53,8 @@ def case_params(params: Params, case: TheoryCase) -> Params:
 
 
 def _first_batch(victim: Victim, params: Params, arch: str) -> Batch:
-    return target_batch(victim, getattr(params.models, arch).dataset, list(range(params.update.batch_size)))
+    dataset = getattr(params.models, arch).dataset
+    return target_batch(victim, dataset, client_targets(dataset, 0, params.update.batch_size))
 
 
 def case_masks(view: ClientView, case: TheoryCase) -> dict[tuple[str, float], torch.Tensor]:

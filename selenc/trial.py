@@ -25,7 +25,7 @@ from selenc.attacks import BATCHED, VECTORISED, AttackResult
 from selenc.gradients import FlatLayout, client_update
 from selenc.grid import Trial
 from selenc.metrics import image_scores, text_scores
-from selenc.models import Batch, Victim, init_tags, target_batch
+from selenc.models import Batch, Victim, client_targets, init_tags, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
 from selenc.selection import decoy_key, make_mask
@@ -68,19 +68,18 @@ class Prepared:
 def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
     """Sample -> update -> scores -> mask -> φ(S) -> the observed update (the update itself is dropped)."""
     start = time.perf_counter()
-    cfg = getattr(params.models, trial.arch)
-    b = params.update.batch_size
+    cfg, update_cfg = getattr(params.models, trial.arch), trial.update
     seed = derive_seed(params.study.seed, "trial", trial.arch, trial.trial, *init_tags(trial.init))
-    own = list(range(trial.trial * b, trial.trial * b + b))
+    own = client_targets(cfg.dataset, trial.trial, update_cfg.batch_size)
     batch = target_batch(victim, cfg.dataset, own)
-    update = client_update(victim, batch, params.update)
+    update = client_update(victim, batch, update_cfg)
     metric = trial.effective_metric
     if metric in ("none", "all"):
         mask = torch.full((update.numel(),), metric == "all", dtype=torch.bool)
     else:
         clients = 1 if trial.mask_source == "own" else params.significance.shared_clients
-        others = [target_batch(victim, cfg.dataset, [i + j * b for i in own]) for j in range(1, clients)]
-        per_client = client_scores(metric, victim, [batch, *others], params.update, params.significance, seed)
+        others = [target_batch(victim, cfg.dataset, [i + j for i in own]) for j in range(1, clients)]
+        per_client = client_scores(metric, victim, [batch, *others], update_cfg, params.significance, seed)
         key = None
         if trial.ties == "decoys":  # whole token-embedding rows as decoys
             table = victim.word_embedding()
@@ -88,8 +87,8 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
             key = decoy_key(update.numel(), rows, derive_seed(seed, "decoys"))
         mask = make_mask(per_client, trial.ratio, trial.mask_source, key)
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
-    s = sample_significance(ClientView(victim, batch, update, params.update, params.significance, seed), cfg.dataset)
-    observed = observe(victim, update, mask, len(batch), params.update, metric, trial.mask_source, trial.ties)
+    s = sample_significance(ClientView(victim, batch, update, update_cfg, params.significance, seed), cfg.dataset)
+    observed = observe(victim, update, mask, len(batch), update_cfg, metric, trial.mask_source, trial.ties)
     support = int(update.ne(0).sum())
     return Prepared(trial, seed, batch, mask, phi(s, mask), support, observed, time.perf_counter() - start)
 
@@ -128,9 +127,8 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
     if params.sweep.bound_grid:
         x_hat = result.images if victim.modality == "image" else text_point(victim, batch, result.token_ids)
     if x_hat is not None:
-        b1 = bound(
-            victim, batch, params.update, x_hat, mask, params.sweep.bound_grid, params.sweep.bound_iters, prepared.seed
-        )
+        grid, iters = params.sweep.bound_grid, params.sweep.bound_iters
+        b1 = bound(victim, batch, prepared.trial.update, x_hat, mask, grid, iters, prepared.seed)
         out |= b1.as_row()
     out["trial_s"] = prepared.seconds + result.seconds + time.perf_counter() - start
     return Outcome(**out)

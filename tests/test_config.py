@@ -115,7 +115,7 @@ BAD = [
     ("models.gpt2.max_length", 100, ["models.gpt2:", "max_length=100 exceeds n_positions=64"]),
     ("models.lenet.pretrain.lr", 0, ["models.lenet.pretrain.lr:", "greater than 0"]),
     ("update.kind", "fedprox", ["update.kind:", "'fedsgd' or 'fedavg'", "'fedprox'"]),
-    ("update.batch_size", 9, ["update.batch_size:", "less than or equal to 8", "9"]),
+    ("update.batch_size", 65, ["update.batch_size:", "less than or equal to 64", "65"]),
     ("update.kind", DELETE, ["update.kind: missing required key"]),
     ("study.device", "tpu", ["study.device:", "'auto', 'cpu' or 'cuda'", "'tpu'"]),
     ("sweep.executor", "ray", ["sweep.executor:", "'local' or 'dask'", "'ray'"]),
@@ -369,3 +369,21 @@ def test_trials_times_batch_must_fit_the_target_pool(raw):
     raw["models"]["cnn"]["dataset"] = "mnist"
     with pytest.raises(ConfigError, match=r"^params: sweep\.cnn\.trials: 7 trials x .* = 21 samples, but the mnist "):
         parse_params(_set_pool(raw, 3, **{**small, "cnn": 7}))
+    # a grid's updates: each batch size is checked, and the key that sets it is named
+    raw = _set_pool(copy.deepcopy(raw), 1, **small)
+    raw["sweep"]["lenet"]["trials"] = 5
+    raw["sweep"]["lenet"]["updates"] = [{}, {"batch_size": 4}]
+    parse_params(raw)  # 5 clients x 4 = the pool
+    raw["sweep"]["lenet"]["updates"] = [{}, {"batch_size": 5}]
+    with pytest.raises(
+        ConfigError, match=r"^params: sweep\.lenet\.trials: 5 trials x sweep\.lenet\.updates\.1\.batch_size 5 = 25"
+    ):
+        parse_params(raw)
+    raw["sweep"]["lenet"]["updates"] = [{}]
+    raw["sweep"]["lenet"]["slices"] = [{"trials": 3, "updates": [{"kind": "fedavg", "batch_size": 8}]}]
+    with pytest.raises(
+        ConfigError,
+        match=r"^params: sweep\.lenet\.slices\.0\.trials: 3 trials x "
+        r"sweep\.lenet\.slices\.0\.updates\.0\.batch_size 8 = 24",
+    ):
+        parse_params(raw)

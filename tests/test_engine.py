@@ -1,5 +1,6 @@
 """The sweep engine: tasks, cache, resume, determinism, failing loudly, executors (tiny real grids on LeNet)."""
 
+import dataclasses
 import json
 import multiprocessing
 import shutil
@@ -274,3 +275,20 @@ def test_dask_executor_times_out_overdue_tasks(raw, tmp_path):
     table = run_sweep(params, "lenet", cache_dir=tmp_path, progress=False, allow_errors=True)
     assert (table.status == "timeout").all() and table.error.str.contains("task of 2 trials exceeded").all()
     assert entries(tmp_path) == {}
+
+
+def test_the_client_update_is_in_the_cache_key_and_fedsgd_ignores_local_settings(tiny):
+    trial = expand(tiny, "lenet")[-1]
+    batch4 = dataclasses.replace(trial, batch_size=4)
+    assert trial_key(batch4, tiny) != trial_key(trial, tiny)
+    # the update section is only the default: a trial names its own update, so changing the section leaves its key
+    other = tiny.model_copy(update={"update": tiny.update.model_copy(update={"local_lr": 0.5, "batch_size": 2})})
+    assert trial_key(trial, other) == trial_key(trial, tiny)
+
+
+def test_a_vectorised_batch_holds_one_client_update(tiny):
+    trials = distinct(expand(tiny, "lenet"))
+    four = [dataclasses.replace(t, batch_size=4) for t in trials]
+    parts = partition(tiny, trials + four)
+    assert all(len({t.batch_size for t in part}) == 1 for part in parts)
+    assert sorted(map(len, partition(tiny, four))) == sorted(map(len, partition(tiny, trials)))

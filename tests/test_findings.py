@@ -71,7 +71,17 @@ def test_t4_table_and_verdict_call_the_sign_only_when_the_interval_over_samples_
 
 
 def paired_rows() -> pd.DataFrame:
-    base = {"arch": "lenet", "threat_model": "mask_aware", "mask_source": "own", "ties": "index", "victim": "untrained"}
+    base = {
+        "arch": "lenet",
+        "threat_model": "mask_aware",
+        "mask_source": "own",
+        "ties": "index",
+        "victim": "untrained",
+        "update_kind": "fedsgd",
+        "batch_size": 1,
+        "local_steps": 0,
+        "local_lr": 0.0,
+    }
 
     def comparison(attack, metric, n, diff, low, high, p, p_holm, significant):
         return (
@@ -128,7 +138,17 @@ def test_sweep_findings_and_victim_medians_read_the_guidelines_rows(params):
 
 
 def test_cell_counts_median_tables_and_support_table(params):
-    base = {"arch": "lenet", "threat_model": "mask_aware", "mask_source": "own", "ties": "index", "victim": "untrained"}
+    base = {
+        "arch": "lenet",
+        "threat_model": "mask_aware",
+        "mask_source": "own",
+        "ties": "index",
+        "victim": "untrained",
+        "update_kind": "fedsgd",
+        "batch_size": 1,
+        "local_steps": 0,
+        "local_lr": 0.0,
+    }
     columns = ["attack", "attack_set", "slice", "metric", "n_samples", "median"]
     cells = [
         ("dlg", "dlg", False, "magnitude", 5, 12.0),

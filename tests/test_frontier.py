@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from selenc import frontier
+from selenc.config import parse_params
 from selenc.frontier import FOUND_COLUMNS, run_frontier
+from selenc.settings import ConfigError
 from tests.conftest import with_changes
 
 SMALL = {
@@ -75,7 +77,7 @@ def test_frontier_finds_each_ratio_star_on_real_attacks_deterministically(small,
     assert len(entries(tmp_path / "a") - before) == new > 0
     assert (finer.found.ratio_star - finer.found.bracket_low).round(6).eq(0.125).all()
     metrics = json.loads(json.dumps(frontier.stage_metrics(finer)))
-    stars = metrics["ratio_star"]["untrained"]["index"]["strict"]
+    stars = metrics["ratio_star"]["untrained"]["index"]["fedsgd B=1"]["strict"]
     assert stars == dict(zip(finer.found.metric, finer.found.ratio_star, strict=True))
     assert metrics["trials"] == finer.trials
 
@@ -98,3 +100,18 @@ def test_a_failed_trial_fails_the_stage_and_writes_nothing(raw, tmp_path, monkey
     cached = [p.read_text() for p in (tmp_path / "cache" / "trials" / "lenet").glob("*.json")]
     # only finished trials are cached (ρ = 1, where nothing is visible, may finish in time); timeouts never
     assert len(cached) <= slow["frontier"]["n_start"] and all('"status": "ok"' in c for c in cached)
+
+
+def test_the_frontier_searches_each_client_update_on_its_own(raw):
+    raw["frontier"]["gpt2"]["updates"] = [{}, {"batch_size": 2}]
+    params = parse_params(raw)
+    spec = params.frontier.gpt2
+    groups = frontier.groups_of(params, "gpt2")
+    assert {g.batch_size for g in groups} == {1, 2}
+    assert len(groups) == 2 * len(spec.metrics) * len(spec.ties) * len(spec.victims)
+    for group in groups:
+        trials = frontier.probe_trials(params, "gpt2", group, 0.5, range(3))
+        assert {(t.batch_size, t.trial) for t in trials} == {(group.batch_size, j) for j in range(3)}
+    raw["frontier"]["gpt2"]["updates"] = [{}, {"batch_size": 3}]  # 20 samples x 3 > the 40 sentences
+    with pytest.raises(ConfigError, match=r"frontier\.n_max: 20 trials x frontier\.gpt2\.updates\.1\.batch_size 3"):
+        parse_params(raw)

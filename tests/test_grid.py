@@ -1,7 +1,8 @@
 """The grid: expansion order, slices, and which trials are the same computation (identity) or the same upload."""
 
+from selenc.config import parse_params
 from selenc.engine import trial_key
-from selenc.grid import Trial, distinct, effective_metric, expand
+from selenc.grid import Trial, distinct, effective_metric, expand, update_fields, update_label
 from tests.conftest import with_changes
 from tests.test_engine import TINY
 
@@ -50,6 +51,10 @@ def trial(**changes) -> Trial:
         mask_source="own",
         ties="index",
         victim="untrained",
+        update_kind="fedsgd",
+        batch_size=1,
+        local_steps=0,
+        local_lr=0.0,
         init=0,
         trial=0,
     )
@@ -75,6 +80,8 @@ def test_identity_merges_exactly_the_trials_whose_mask_cannot_differ():
         {"victim": "trained"},
         {"init": 1},
         {"attack": "idlg"},
+        {"batch_size": 4},
+        {"update_kind": "fedavg", "local_steps": 1, "local_lr": 0.1},
     ):
         assert trial().identity() != trial(**changed).identity(), changed
     assert trial(ratio=0.0, trial=1).identity() != trial(ratio=0.0).identity()
@@ -86,3 +93,31 @@ def test_upload_is_what_the_client_sends_whoever_attacks_it():
     assert trial().upload() != trial(trial=1).upload() != trial(victim="trained").upload()
     assert trial().upload() != trial(init=1).upload()  # another initialisation: another model, another update
     assert distinct([trial(ratio=0.0), trial(ratio=0.0, metric="random"), trial()]) == [trial(ratio=0.0), trial()]
+
+
+def test_the_update_axis_expands_each_entry_over_the_update_section(raw):
+    raw["sweep"]["lenet"]["slices"] = [
+        {
+            "metrics": ["magnitude"],
+            "ratios": [0.3],
+            "attacks": ["dlg"],
+            "trials": 2,
+            "updates": [
+                {},
+                {"batch_size": 4},
+                {"kind": "fedavg", "batch_size": 4, "local_steps": 3},
+                {"local_lr": 9.0},
+            ],
+        }
+    ]
+    params = parse_params(raw)
+    sliced = [t for t in expand(params, "lenet") if t.ratio == 0.3 and t.metric == "magnitude" and t.attack == "dlg"]
+    updates = {(t.update_kind, t.batch_size, t.local_steps, t.local_lr) for t in sliced}
+    # FedSGD ignores the local settings: {local_lr: 9} is the default update again, and its trials are not repeated
+    assert updates == {("fedsgd", 1, 0, 0.0), ("fedsgd", 4, 0, 0.0), ("fedavg", 4, 3, 0.1)}
+    assert len(sliced) == len(set(sliced)) and sum(t.batch_size == 4 for t in sliced) == 2 * 2  # 2 trials each
+    fedavg = next(t for t in sliced if t.update_kind == "fedavg")
+    assert fedavg.update == params.update.model_copy(update={"kind": "fedavg", "batch_size": 4, "local_steps": 3})
+    assert update_label(*update_fields(fedavg.update)) == "fedavg B=4 3x0.1"
+    # the main grid, which lists no updates, runs the update section alone
+    assert {t.batch_size for t in expand(params, "lenet") if t.metric == "random"} == {1}

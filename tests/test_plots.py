@@ -54,6 +54,10 @@ def test_protected_share_draws_each_metric_with_its_wilson_interval(params):
         "mask_source": "own",
         "ties": "index",
         "victim": "untrained",
+        "update_kind": "fedsgd",
+        "batch_size": 1,
+        "local_steps": 0,
+        "local_lr": 0.0,
         "slice": False,
     }
     summary = pd.DataFrame(

@@ -14,7 +14,7 @@ from selenc import results
 from selenc.grid import Trial
 from selenc.results import COLUMNS, Cost, Outcome
 
-TRIAL = Trial("lenet", "dlg", "mask_aware", "magnitude", 0.3, "own", "index", "untrained", 0, 0)
+TRIAL = Trial("lenet", "dlg", "mask_aware", "magnitude", 0.3, "own", "index", "untrained", "fedsgd", 1, 0, 0.0, 0, 0)
 OK = Outcome(status="ok", seed=1, phi=0.2, k=3, n=10, attack_s=1.0, trial_s=2.0, psnr=20.0, ssim=0.4)
 COST = Cost(he_ciphertexts=1, he_bytes=100, he_bytes_sd=0.5, he_encrypt_s=0.01)
 

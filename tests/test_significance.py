@@ -188,7 +188,9 @@ def test_a_samples_significance_is_computed_once_per_model_sample_and_settings(v
     _significance_memo.pop(victim.model, None)
 
     def trial(metric, ratio, t):
-        return Trial("lenet", "dlg", "mask_aware", metric, ratio, "own", "index", "untrained", 0, t)
+        return Trial(
+            "lenet", "dlg", "mask_aware", metric, ratio, "own", "index", "untrained", "fedsgd", 1, 0, 0.0, 0, t
+        )
 
     a = prepare(trial("magnitude", 0.3, 0), params, victim)
     b = prepare(trial("random", 0.6, 0), params, victim)

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selenc import stats
+from selenc import results, stats
+from selenc.config import parse_params
 
 
 def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_aware", phi=0.5, init=0):
@@ -23,6 +24,10 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "mask_source": "own",
                     "ties": "index",
                     "victim": "untrained",
+                    "update_kind": "fedsgd",
+                    "batch_size": 1,
+                    "local_steps": 0,
+                    "local_lr": 0.0,
                     "init": init,
                     "trial": t,
                     "status": "ok",
@@ -203,3 +208,14 @@ def test_decisive_counts_the_pairs_an_attack_alone_broke(params):
     out = stats.decisive(table, params.guidelines.levels)["lenet"]["strict"]
     assert out["linear"] == {"alone_broke": 3, "pairs": 10, "samples": 5}
     assert out["dlg"] == {"alone_broke": 1, "pairs": 10, "samples": 5} and "idlg" not in out
+
+
+def test_main_trials_read_the_client_update_the_guidelines_name(raw):
+    one = pd.DataFrame(rows("dlg", "magnitude", {0.3: 30.0}))
+    table = pd.concat([one, one.assign(batch_size=4, psnr=20.0)], ignore_index=True)
+    params = parse_params(raw)
+    assert set(results.main_trials(table, params.guidelines).psnr) == {30.0}
+    raw["guidelines"]["update"] = {"batch_size": 4}
+    assert set(results.main_trials(table, parse_params(raw).guidelines).psnr) == {20.0}
+    raw["guidelines"]["update"] = {"batch_size": 4, "kind": "fedavg"}
+    assert results.main_trials(table, parse_params(raw).guidelines).empty

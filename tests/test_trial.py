@@ -7,6 +7,7 @@ import torch
 from selenc import trial as trial_mod
 from selenc.attacks import AttackResult
 from selenc.gradients import client_update
+from selenc.models import client_targets
 from selenc.results import decode_images
 from selenc.selection import budget, make_mask
 from tests.conftest import with_changes
@@ -62,3 +63,19 @@ def test_a_failing_trial_becomes_an_error_row_and_the_rest_of_the_batch_finishes
     assert "ValueError: unknown significance metric 'no_such_metric'" in outcomes[1].error
     assert "significance.py:" in outcomes[1].error  # where it was raised
     assert outcomes[0].psnr is not None and outcomes[0].attack_s > 0
+
+
+def test_a_trial_sends_the_update_it_names_and_its_client_keeps_its_first_sample(small, victims):
+    victim = victims["lenet"]
+    assert client_targets("cifar10", 2, 4) == [2, 7, 12, 17] and client_targets("cifar10", 2, 1) == [2]
+    assert sorted(i for c in range(5) for i in client_targets("cifar10", c, 4)) == list(range(20))  # disjoint clients
+    one = trial_mod.prepare(grid_point(trial=2), small, victim)
+    four = trial_mod.prepare(grid_point(trial=2, batch_size=4), small, victim)  # the update section says batch 1
+    assert small.update.batch_size == 1 and four.observed.public.batch_size == 4 and len(four.batch.inputs) == 4
+    assert torch.equal(four.batch.inputs[0], one.batch.inputs[0])  # client 2 starts with target 2 at any batch size
+    fedavg = grid_point(trial=2, batch_size=4, update_kind="fedavg", local_steps=3, local_lr=0.1)
+    avg = trial_mod.prepare(fedavg, small, victim)
+    assert avg.observed.public.update == fedavg.update and fedavg.update.local_steps == 3
+    sent = client_update(victim, avg.batch, fedavg.update)
+    assert torch.equal(avg.observed.visible, sent[~avg.mask])
+    assert not torch.allclose(sent, client_update(victim, avg.batch, four.observed.public.update))
