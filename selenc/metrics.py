@@ -8,7 +8,8 @@ Text: token precision / recall / F1 over the multiset of token ids (bag of words
 ROUGE-1/2/L F-measures from `rouge-score` in [0, 1]; exact match (the whole sentence) in {0, 1}.
 
 A batch is scored after matching each reconstruction to one ground-truth sample (Hungarian assignment on MSE for
-images, on ROUGE-1 for text), because an attack's batch order is arbitrary.
+images, on ROUGE-1 for text), because an attack's batch order is arbitrary: the means over the batch, and the share
+recovered (images at RECOVERED_DB or more; text: exact_match, the share of sentences recovered word for word).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from rouge_score import rouge_scorer
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
+
+RECOVERED_DB = 30.0  # PSNR at which a reconstruction counts as recovered (it looks identical to the original)
 
 
 def _check_batch(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -59,8 +62,8 @@ def match(cost: np.ndarray) -> np.ndarray:
 def image_scores(
     recon: torch.Tensor, truth: torch.Tensor, recon_labels: torch.Tensor, true_labels: torch.Tensor
 ) -> dict:
-    """Per-batch means of mse, psnr, ssim and label_acc, after matching reconstructions to ground truth (`order`: the
-    reconstruction matched to each true sample)."""
+    """Per-batch means of mse, psnr, ssim and label_acc, and the share of images recovered (PSNR >= RECOVERED_DB),
+    after matching reconstructions to ground truth (`order`: the reconstruction matched to each true sample)."""
     _check_batch(recon, truth)
     recon, truth = recon.detach().cpu().clamp(0, 1), truth.detach().cpu()
     cost = np.array([[mse(r, t) for t in truth] for r in recon])
@@ -71,6 +74,7 @@ def image_scores(
         "mse": float(np.mean([mse(r, t) for r, t in pairs])),
         "psnr": float(np.mean(psnrs)),
         "ssim": float(np.mean([ssim(r, t) for r, t in pairs])),
+        "recovered": float(np.mean([p >= RECOVERED_DB for p in psnrs])),
         "label_acc": label_accuracy(recon_labels, true_labels),
         "order": order.tolist(),
     }

@@ -39,6 +39,7 @@ class Outcome(BaseModel):
     ssim: float | None = None
     mse: float | None = None
     label_acc: float | None = None
+    recovered: float | None = None  # share of the batch's images at metrics.RECOVERED_DB or more
     # text
     rouge1: float | None = None
     rouge2: float | None = None

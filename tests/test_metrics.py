@@ -34,6 +34,11 @@ def test_batch_is_matched_before_scoring(cifar):
     flipped = cifar.flip(0)
     scores = image_scores(flipped, cifar, torch.tensor([8, 8, 3]), torch.tensor([3, 8, 8]))
     assert scores["psnr"] == math.inf and scores["order"] == [2, 1, 0] and scores["label_acc"] == 1.0
+    assert scores["recovered"] == 1.0
+    half = flipped.clone()
+    half[0] = (half[0] + 0.1).clamp(0, 1)  # the reconstruction of the third image: about 20 dB, still matched to it
+    labels = torch.tensor([3, 8, 8])
+    assert image_scores(half, cifar, labels, labels)["recovered"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="image batches must both be"):
         image_scores(cifar[:2], cifar, torch.tensor([0, 0]), torch.tensor([0, 0, 0]))
 
