@@ -11,6 +11,8 @@ from selenc.config import load_params, parse_params
 from selenc.settings import Params
 
 REPO = Path(__file__).resolve().parent.parent
+# the update columns of a FedSGD batch-1 row (`grid.update_fields`), for tables built by hand
+FEDSGD_B1 = {"update_kind": "fedsgd", "batch_size": 1, "local_steps": 0, "local_lr": 0.0}
 
 
 @pytest.fixture(scope="session")

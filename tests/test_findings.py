@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from selenc import findings
+from tests.conftest import FEDSGD_B1
 from tests.test_stats import rows
 
 
@@ -77,10 +78,7 @@ def paired_rows() -> pd.DataFrame:
         "mask_source": "own",
         "ties": "index",
         "victim": "untrained",
-        "update_kind": "fedsgd",
-        "batch_size": 1,
-        "local_steps": 0,
-        "local_lr": 0.0,
+        **FEDSGD_B1,
     }
 
     def comparison(attack, metric, n, diff, low, high, p, p_holm, significant):
@@ -144,10 +142,7 @@ def test_cell_counts_median_tables_and_support_table(params):
         "mask_source": "own",
         "ties": "index",
         "victim": "untrained",
-        "update_kind": "fedsgd",
-        "batch_size": 1,
-        "local_steps": 0,
-        "local_lr": 0.0,
+        **FEDSGD_B1,
     }
     columns = ["attack", "attack_set", "slice", "metric", "n_samples", "median"]
     cells = [

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from selenc import plots, results
+from tests.conftest import FEDSGD_B1
 from tests.test_stats import rows
 
 
@@ -54,10 +55,7 @@ def test_protected_share_draws_each_metric_with_its_wilson_interval(params):
         "mask_source": "own",
         "ties": "index",
         "victim": "untrained",
-        "update_kind": "fedsgd",
-        "batch_size": 1,
-        "local_steps": 0,
-        "local_lr": 0.0,
+        **FEDSGD_B1,
         "slice": False,
     }
     summary = pd.DataFrame(

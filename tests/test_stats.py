@@ -7,6 +7,7 @@ import pytest
 
 from selenc import results, stats
 from selenc.config import parse_params
+from tests.conftest import FEDSGD_B1
 
 
 def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_aware", phi=0.5, init=0):
@@ -24,10 +25,7 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "mask_source": "own",
                     "ties": "index",
                     "victim": "untrained",
-                    "update_kind": "fedsgd",
-                    "batch_size": 1,
-                    "local_steps": 0,
-                    "local_lr": 0.0,
+                    **FEDSGD_B1,
                     "init": init,
                     "trial": t,
                     "status": "ok",

@@ -15,7 +15,7 @@ from selenc.observed import observe, observe_client
 from selenc.selection import top_k_mask
 from selenc.settings import ConfigError
 from selenc.significance import ClientView, far_field
-from tests.conftest import with_changes
+from tests.conftest import FEDSGD_B1, with_changes
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +176,7 @@ def test_phi_cells_merge_the_metric_free_ratios_and_t4_sign():
                     "mask_source": "own",
                     "ties": "index",
                     "victim": "untrained",
-                    "update_kind": "fedsgd",
-                    "batch_size": 1,
-                    "local_steps": 0,
-                    "local_lr": 0.0,
+                    **FEDSGD_B1,
                     "status": "ok",
                     "metric": metric,
                     "ratio": ratio,
