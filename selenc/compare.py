@@ -11,7 +11,9 @@
   (the share of the update that is non-zero: a ratio at or above it can hide every non-zero coordinate); label
   accuracy with nothing encrypted; T4 per attack beyond the ratio; `decisive`, per level, the masked (cell, sample)
   pairs each attack alone broke among those it ran on beside another (`stats.decisive`; the frontier's attack sets
-  lean on it).
+  lean on it); `updates`, per client update (batch size, FedAvg), the strongest attacker with nothing encrypted
+  (median, share recovered, whether it is a valid baseline per level) and its paired gap to the guidelines' update on
+  the same samples (`stats.update_effect`).
 
 Every p-value and interval counts samples, never rows (`stats`).
 """
@@ -84,6 +86,8 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
                 | {k: _round(g[k]) for k in ("median", "ci_low", "ci_high")}
                 | {"p": float(f"{g.p:.3g}"), "min_p": float(f"{g.min_p:.3g}")}
             )
+    for arch, per_update in stats.update_effect(table, cfg, seed).items():
+        out[arch]["updates"] = {label: _rounded(entry) for label, entry in per_update.items()}
     flags = overstated(table, level, levels)
     support = support_threshold(table)
     decisive = stats.decisive(main_trials(table, cfg), levels)
@@ -110,6 +114,17 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
 
 def _round(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
+
+def _rounded(entry):
+    """`entry` with its floats rounded (`_round`; p-values to 3 significant digits), at any depth."""
+    if isinstance(entry, dict):
+        return {k: float(f"{v:.3g}") if k in ("p", "min_p") else _rounded(v) for k, v in entry.items()}
+    if isinstance(entry, bool | np.bool_):
+        return bool(entry)
+    if isinstance(entry, int | np.integer):
+        return int(entry)
+    return entry if entry is None or isinstance(entry, str) else _round(entry)
 
 
 def outputs(reports: Path) -> list[Path]:

@@ -7,11 +7,13 @@ function of its inputs, so the tests reach every finding a report states.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from selenc.grid import update_fields, update_label
 from selenc.results import both_victims, finite, main_trials, success_column
-from selenc.settings import Guidelines
-from selenc.stats import CONFIDENCE, GAPS, STRONGEST
+from selenc.settings import ARCH_MODALITY, Guidelines
+from selenc.stats import BROKEN, CONFIDENCE, GAPS, NOT_BROKEN, STRONGEST, UNDECIDED, every_update, update_labels
 
 ALPHA = 1 - CONFIDENCE
 
@@ -223,6 +225,97 @@ def decisive_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
                     | {"pairs": d["pairs"], "samples": d["samples"]}
                 )
     return pd.DataFrame(rows, columns=["arch", "level", "attack", "alone broke", "pairs", "samples"])
+
+
+# --- client updates (notebook 03) -----------------------------------------------------------------------------------
+def _levels(entry: dict) -> list[str]:
+    return [k for k, v in entry.items() if isinstance(v, dict)]
+
+
+def update_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
+    """Per architecture and client update (attacks.json `updates`): the strongest attacker with nothing encrypted
+    (samples, median success and its interval, share recovered outright, protected samples per level and whether the
+    attack is a valid baseline there) and the paired gap to the guidelines' update over 0 < ρ < 1."""
+    rows = []
+    for arch in archs:
+        for label, entry in (metrics[arch].get("updates") or {}).items():
+            row = {"arch": arch, "update": label}
+            u, g = entry.get("unprotected"), entry.get("gap")
+            if u:
+                row |= {"samples (ρ=0)": u["n_samples"], "median (ρ=0)": u["median"]}
+                row |= {"95% CI (ρ=0)": f"[{u['ci_low']:.3g}, {u['ci_high']:.3g}]", "recovered": u["recovered"]}
+                for level in _levels(u):
+                    v = u[level]
+                    row[f"{level}: protected at ρ=0"] = f"{v['protected']}/{u['n_samples']}"
+                    row[f"{level}: baseline"] = v["baseline"]
+            if g:
+                row |= {"gap samples": g["n_samples"], "gap pairs": g["n_pairs"], "median gap": g["median"]}
+                row |= {"gap 95% CI": f"[{g['ci_low']:.3g}, {g['ci_high']:.3g}]", "Wilcoxon p": g["p"]}
+                row["gap significant"] = g["p"] < ALPHA
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def update_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
+    """Per architecture and client update: how well the strongest attacker does with nothing encrypted, whether it is
+    a valid baseline at each level, and how its success under masks compares with the guidelines' update on the same
+    samples. Markdown."""
+    reference = update_label(*update_fields(cfg.reads))
+    lines = []
+    for arch in archs:
+        _, label = success_column(arch)
+        whole = "images at 30 dB or more" if ARCH_MODALITY[arch] == "image" else "sentences word for word"
+        for update, entry in (metrics[arch].get("updates") or {}).items():
+            u, g = entry.get("unprotected"), entry.get("gap")
+            parts = []
+            if u:
+                by = {v: [lv for lv in _levels(u) if u[lv]["baseline"] == v] for v in (BROKEN, NOT_BROKEN, UNDECIDED)}
+                said = []
+                if by[BROKEN]:
+                    said.append(f"a valid baseline (it breaks the update) at the {' and '.join(by[BROKEN])} level")
+                if by[NOT_BROKEN]:
+                    said.append(
+                        f"**not a valid baseline** at the {' and '.join(by[NOT_BROKEN])} level (ρ = 0 already "
+                        "protects there: a masked cell protected under this update says nothing about the mask)"
+                    )
+                for lv in by[UNDECIDED]:
+                    said.append(f"undecided at the {lv} level ({u[lv]['protected']} of {u['n_samples']} protected)")
+                parts.append(
+                    f"nothing encrypted, the strongest attacker reaches a median {label} of **{u['median']:.3g}** "
+                    f"(95% CI [{u['ci_low']:.3g}, {u['ci_high']:.3g}], {u['n_samples']} samples) and recovers "
+                    f"{u['recovered']:.0%} of the {whole}; " + "; ".join(said)
+                )
+            if g:
+                parts.append(
+                    f"under masks (0 < ρ < 1) its success is lower than under {reference} by a median of "
+                    f"**{g['median']:.3g}** per sample (95% CI [{g['ci_low']:.3g}, {g['ci_high']:.3g}], {_samples(g)}, "
+                    f"Wilcoxon {_p(g['p'], g['min_p'])})"
+                )
+            if parts:
+                lines.append(f"**{arch}, {update}**: " + "; ".join(parts) + ".")
+    return "\n\n".join(lines) or "No client update other than the guidelines' ran."
+
+
+def update_protection(summary: pd.DataFrame, cfg: Guidelines, arch: str) -> pd.DataFrame | None:
+    """Per (metric, ratio) run under more than one client update: the strongest attacker's protected samples per
+    level and update ("k/n", with ✓ where the ratio protects by the level's rule), from summary.csv. None when `arch`
+    ran one update."""
+    rows = every_update(summary[(summary.arch == arch) & (summary.attack == STRONGEST)], cfg)
+    rows = rows[~rows.slice.astype(bool)].copy()
+    rows["update"] = update_labels(rows)
+    if rows["update"].nunique() < 2:
+        return None
+    shared = rows.groupby(["metric", "ratio"])["update"].transform("nunique") > 1
+    rows = rows[shared]
+    out = {}
+    for name, level in cfg.levels.items():
+        k = (rows[f"protected_{name}"] * rows.n_samples).round().astype(int)
+        mark = np.where(rows[f"{name}_low"] >= level.min_protected, " ✓", "")
+        cell = k.astype(str) + "/" + rows.n_samples.astype(str) + mark
+        out[name] = rows.assign(cell=cell).pivot_table(
+            index=["metric", "ratio"], columns="update", values="cell", aggfunc="first"
+        )
+    return pd.concat(out, axis=1, names=["level", "update"])
 
 
 # --- T4 (notebooks 01 and 03) ---------------------------------------------------------------------------------------

@@ -62,6 +62,19 @@ def _success_lines(data: pd.DataFrame, y: str, label: str, title: str, **facets)
     return grid.figure
 
 
+def updates_vs_ratio(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
+    """The strongest attacker's success vs ratio, one line per client update with 95% bootstrap CIs, per metric, over
+    the (metric, ratio) cells run under more than one update (`rows`: `stats.update_rows`); None when `arch` ran one
+    update."""
+    _, label = success_column(arch)
+    data = rows[rows.arch == arch]
+    data = data[data.groupby(["metric", "ratio"])["update"].transform("nunique") > 1]
+    if data.empty:
+        return None
+    title = f"{arch}: the strongest attacker per client update, same clients (lower = better protected)"
+    return _success_lines(data, "success", label, title, hue="update", col="metric")
+
+
 def he_cost_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
     """Measured CKKS cost per client upload vs ratio: encryption seconds and MB on the wire."""
     cost = table.groupby("ratio")[["he_encrypt_s", "he_bytes", "he_ciphertexts"]].first().reset_index()

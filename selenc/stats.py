@@ -33,9 +33,9 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from selenc.grid import Trial, effective_metric
-from selenc.results import PSNR_CAP, SUCCESS, Cost, finite
-from selenc.settings import ARCH_MODALITY, PrivacyLevel
+from selenc.grid import Trial, effective_metric, update_fields, update_label
+from selenc.results import PSNR_CAP, SUCCESS, UPDATE, Cost, finite
+from selenc.settings import ARCH_MODALITY, Guidelines, PrivacyLevel
 
 SAMPLE = ["init", "trial"]  # a sample: one model initialisation and one real client batch, the unit of every test
 CELL = [f.name for f in dataclasses.fields(Trial) if f.name not in SAMPLE]  # a grid point minus its sample
@@ -53,6 +53,27 @@ def success(rows: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(image, psnr, rows[SUCCESS["text"][0]].astype(float)), index=rows.index)
 
 
+def update_labels(table: pd.DataFrame) -> pd.Series:
+    """Per row: its client update as a label (`grid.update_label` of its `results.UPDATE` columns): 'fedsgd B=4'."""
+    fields = table[list(UPDATE)].itertuples(index=False, name=None)
+    labels = [update_label(kind, int(b), int(steps), float(lr)) for kind, b, steps, lr in fields]
+    return pd.Series(labels, index=table.index, dtype=object)
+
+
+def every_update(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """The rows of the attacker, mask source, ties and victim the guidelines read, on every client update."""
+    read = (table.threat_model == cfg.threat_model) & (table.mask_source == cfg.mask_source) & (table.ties == cfg.ties)
+    return table[read & (table.victim == cfg.victim)]
+
+
+def recovered(rows: pd.DataFrame) -> pd.Series:
+    """Per row: the share of its batch recovered outright (images: at `metrics.RECOVERED_DB` or more; text: word for
+    word)."""
+    image = rows.arch.map(ARCH_MODALITY) == "image"
+    column = {c: rows[c].astype(float) if c in rows else np.nan for c in ("recovered", "exact_match")}  # nan: not run
+    return pd.Series(np.where(image, column["recovered"], column["exact_match"]), index=rows.index)
+
+
 def protected(rows: pd.DataFrame, level: PrivacyLevel) -> pd.Series:
     """Per row: did the attack fail at this level (under every bound of its modality)? Unfinished rows: no."""
     image = rows.arch.map(ARCH_MODALITY) == "image"
@@ -65,7 +86,8 @@ def trials(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> pd.DataFrame
     """Finished trials with `success`, one `protected_<level>` column per level and their adversary (`attack_set`:
     the attack itself; `slice` False), plus the strongest attacker's rows of every cell (`strongest`)."""
     ok = table[table.status == "ok"]
-    out = ok[[*CELL, *SAMPLE, "phi", *COST]].assign(success=success(ok), attack_set=ok.attack, slice=False)
+    out = ok[[*CELL, *SAMPLE, "phi", *COST]].assign(success=success(ok), recovered=recovered(ok))
+    out = out.assign(attack_set=ok.attack, slice=False)
     for name, level in levels.items():
         out[f"protected_{name}"] = protected(ok, level)
     return pd.concat([out, strongest(out)], ignore_index=True)
@@ -73,7 +95,8 @@ def trials(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> pd.DataFrame
 
 def strongest(rows: pd.DataFrame) -> pd.DataFrame:
     """The strongest attacker of every cell (its rows minus the attack), one row per sample: the highest success of
-    the attacks in `attack_set`, protected only where every one of them failed.
+    the attacks in `attack_set` (and the largest share any of them recovered), protected only where every one of
+    them failed.
 
     The cell's adversary (`slice` False) is the set of attacks that ran on every one of its samples. Where some
     samples ran more attacks, each larger set is a slice of its own (`slice` True) over the samples that ran all of
@@ -81,7 +104,7 @@ def strongest(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows.attack != STRONGEST]
     keys = [c for c in CELL if c != "attack"]
     flags = [c for c in rows if c.startswith("protected_")]
-    agg = {"success": "max"} | {c: "first" for c in ["phi", *COST]} | dict.fromkeys(flags, "all")
+    agg = {"success": "max", "recovered": "max"} | {c: "first" for c in ["phi", *COST]} | dict.fromkeys(flags, "all")
     out = []
     for _, cell in rows.groupby(keys, sort=False):
         ran = cell.groupby(SAMPLE).attack.agg(frozenset)
@@ -252,11 +275,17 @@ def paired_gap(table: pd.DataFrame, column: str, better: str, worse: str, seed: 
     """Per architecture, over the samples run under both values of `column` (everything else equal, 0 < ρ < 1): each
     sample's mean of success(`better`) − success(`worse`) over its pairs (cells), then over samples: n_samples,
     n_pairs, the median with its bootstrap interval, the exact Wilcoxon p and the smallest p n_samples allow.
-    E.g. column="threat_model", better="mask_aware", worse="zero_fill": how much zero-fill overstates protection."""
+    E.g. column="threat_model", better="mask_aware", worse="zero_fill": how much zero-fill overstates protection.
+    `column` "update" compares client updates by their labels (`results.update_labels`), e.g. "fedsgd B=1"."""
     ok = table[(table.status == "ok") & (table.ratio > 0) & (table.ratio < 1)]
-    ok = ok.assign(success=success(ok))
-    keys = [c for c in [*CELL, *SAMPLE] if c != column]
-    wide = ok[ok[column].isin([better, worse])].pivot_table(index=keys, columns=column, values="success")
+    return _gap(ok.assign(success=success(ok), update=update_labels(ok)), column, better, worse, seed)
+
+
+def _gap(rows: pd.DataFrame, column: str, better: str, worse: str, seed: int) -> pd.DataFrame:
+    """`paired_gap` on rows that carry `success` and an `update` label."""
+    fields = [c for c in [*CELL, *SAMPLE] if c not in UPDATE] + ["update"]
+    keys = [c for c in fields if c != column]
+    wide = rows[rows[column].isin([better, worse])].pivot_table(index=keys, columns=column, values="success")
     cols = ["arch", "n_samples", "n_pairs", "median", "ci_low", "ci_high", "p", "min_p"]
     if better not in wide or worse not in wide:
         return pd.DataFrame(columns=cols)
@@ -270,6 +299,64 @@ def paired_gap(table: pd.DataFrame, column: str, better: str, worse: str, seed: 
             | {"p": wilcoxon(means), "min_p": min_wilcoxon_p(len(means))}
         )
     return pd.DataFrame(out, columns=cols)
+
+
+BROKEN, NOT_BROKEN, UNDECIDED = "broken", "not broken", "undecided"
+
+
+def baseline(protected_count: int, n: int, level: PrivacyLevel) -> str:
+    """Whether an attack is a valid baseline at `level`, from its protected samples with nothing encrypted: `broken`
+    (the Wilson interval of the protected share ends below min_protected: it breaks the unprotected update),
+    `not broken` (it starts at or above: ρ = 0 already protects by the level's rule, so a masked cell protected
+    against this attack says nothing about the mask) or `undecided` (the interval straddles it)."""
+    low, high = wilson(protected_count, n)
+    if high < level.min_protected:
+        return BROKEN
+    return NOT_BROKEN if low >= level.min_protected else UNDECIDED
+
+
+def update_rows(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """The strongest attacker's rows (one per cell and sample, no slices) of the attacker, mask source, ties and victim
+    the guidelines read, on every client update, each with its update's label (`update`)."""
+    strong = trials(every_update(table, cfg), cfg.levels)
+    strong = strong[(strong.attack == STRONGEST) & ~strong.slice.astype(bool)]
+    return strong.assign(update=update_labels(strong))
+
+
+def update_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """What the client update changes, per architecture and update (label), for the strongest attacker of the rows
+    the guidelines read on every update (`every_update`):
+
+    - `unprotected` (ρ = 0): its samples, median success with the bootstrap interval, the mean share recovered
+      outright, and per level the protected samples with their Wilson interval and `baseline` (`baseline`);
+    - `gap` (every update but the guidelines' own): over 0 < ρ < 1, each sample's success under the guidelines'
+      update minus under this one, averaged over its cells, then tested over samples (`paired_gap`); positive: this
+      update leaks less on the same clients."""
+    strong = update_rows(table, cfg)
+    reference = update_label(*update_fields(cfg.reads))
+    flags = [f"protected_{name}" for name in cfg.levels]
+    out: dict[str, dict[str, dict]] = {}
+    for (arch, label), group in strong[strong.ratio == 0].groupby(["arch", "update"]):
+        # the ρ = 0 cells of different metrics are one computation (`grid.Trial.identity`): one row per sample
+        per = group.groupby(SAMPLE).agg({"success": "max", "recovered": "max"} | dict.fromkeys(flags, "all"))
+        med, low, high = median_ci(per.success.to_numpy(), seed)
+        entry = {"n_samples": len(per), "median": med, "ci_low": low, "ci_high": high}
+        entry["recovered"] = float(per.recovered.mean())
+        for name, level in cfg.levels.items():
+            k = int(per[f"protected_{name}"].sum())
+            share_low, share_high = wilson(k, len(per))
+            entry[name] = {
+                "protected": k,
+                "low": share_low,
+                "high": share_high,
+                "baseline": baseline(k, len(per), level),
+            }
+        out.setdefault(arch, {})[label] = {"unprotected": entry, "gap": None}
+    masked = strong[(strong.ratio > 0) & (strong.ratio < 1)]
+    for label in sorted(set(masked["update"]) - {reference}):
+        for g in _gap(masked, "update", reference, label, seed).to_dict("records"):
+            out.setdefault(g.pop("arch"), {}).setdefault(label, {"unprotected": None})["gap"] = g
+    return out
 
 
 def _partial(ranks: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from selenc import data
 from selenc.attacks import ATTACKS, BATCHED, MODALITY, VECTORISED
 from selenc.attacks.base import Matcher
 from selenc.attacks.image.labels import recover_labels
-from selenc.attacks.image.matching import observed_distance, random_images
+from selenc.attacks.image.matching import Matching, observed_distance, random_images
 from selenc.gradients import client_update
 from selenc.metrics import image_scores, psnr
 from selenc.models import Batch
@@ -114,6 +114,28 @@ def test_batch_label_heuristic(victims, raw, arch, kind):
         assert observed.public.batch_size == len(idx)
         got = recover_labels(observed, victim, seed=0)
         assert sorted(got.tolist()) == sorted(batch.labels.tolist())
+
+
+@pytest.mark.parametrize("rows", [1, 2])  # plain autograd, torch.func
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+def test_fedavg_simulation_at_the_true_inputs_is_the_clients_update(victims, raw, arch, rows):
+    """The attacker's simulation of 3 local SGD steps on a batch of 4 (`Matching.update`, with the protocol's public
+    local settings), at the client's own inputs and labels, is the client's θ₀ − θ₃ to float64 round-off; and with
+    one-hot soft labels (DLG's) too."""
+    changes = {"update.kind": "fedavg", "update.batch_size": 4, "update.local_steps": 3, "frontier.n_max": 5}
+    update = with_changes(raw, **changes).update
+    victim, batch = float64(victims[arch], batch_of(victims[arch], [0, 5, 10, 15]))
+    observed = observe_client(victim, batch, update)
+    matching = Matching(victim, observed, rows)
+    assert matching.functional == (rows > 1)
+    want = observed.zero_filled()
+    assert want.abs().max() > 0
+    onehot = torch.nn.functional.one_hot(batch.labels, victim.num_classes).double()
+    for labels in (batch.labels, onehot):
+        got = matching.update(batch.inputs, labels).detach()
+        assert (got - want).abs().max() <= 1e-12 * want.abs().max()
+    moved = matching.update(batch.inputs.flip(0), batch.labels).detach()  # the samples' labels swapped round
+    assert (moved - want).abs().max() > 1e-3 * want.abs().max()
 
 
 def test_mask_aware_objective_ignores_hidden_values(victims, params):

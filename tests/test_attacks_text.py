@@ -80,15 +80,19 @@ def test_registry_declares_the_text_attacks_and_how_each_runs_a_batch():
 
 
 # --- token leakage ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("update", [{}, {"update.batch_size": 4}, {"update.batch_size": 4, "update.kind": "fedavg"}])
 @pytest.mark.parametrize("arch", TEXT)
-def test_token_leakage_recovers_the_token_set_at_ratio_0(victims, params, arch):
+def test_token_leakage_recovers_the_token_set_at_ratio_0(victims, raw_params, arch, update):
+    """Batches of 3 and 4, FedSGD and FedAvg (3 local steps: an absent token's row never moves): the exact token set."""
     victim = victims[arch]
-    batch = victim.text_batch(sentences(3))
-    result = token_leakage(observe_client(victim, batch, params.update), victim)
+    cfg = with_changes(raw_params, **update, **{"update.local_steps": 3, "frontier.n_max": 5}).update
+    size = cfg.batch_size if update else 3
+    batch = victim.text_batch(sentences(size))
+    result = token_leakage(observe_client(victim, batch, cfg), victim)
     truth = sorted({t for row in inner_tokens(victim, batch) for t in row})
     assert result.info["leaked_ids"] == truth
     assert all(sorted(ids) == truth for ids in result.token_ids)  # B > 1: the set, given to every sample
-    assert result.info["ordered"] is False and len(result.labels) == 3
+    assert result.info["ordered"] is False and len(result.labels) == size
 
 
 @pytest.mark.parametrize("arch", TEXT)

@@ -292,3 +292,17 @@ def test_a_vectorised_batch_holds_one_client_update(tiny):
     parts = partition(tiny, trials + four)
     assert all(len({t.batch_size for t in part}) == 1 for part in parts)
     assert sorted(map(len, partition(tiny, four))) == sorted(map(len, partition(tiny, trials)))
+
+
+def test_same_params_give_the_same_table_on_every_client_update(tiny, tmp_path):
+    """Batch 2 FedSGD and FedAvg rows beside batch 1 ones: each update has its rows, and a second run from an empty
+    cache gives the same table (measurements aside)."""
+    grid = TINY["sweep.lenet"] | {"metrics": ["magnitude"], "ratios": [0.5]}
+    updates = [{}, {"batch_size": 2}, {"kind": "fedavg", "batch_size": 2, "local_steps": 2}]
+    params = with_changes(tiny.model_dump(), **{"sweep.lenet": grid | {"updates": updates}})
+    table = run_sweep(params, "lenet", cache_dir=tmp_path / "a", progress=False)
+    assert (table.status == "ok").all(), table.error.tolist()
+    got = sorted(set(table[["update_kind", "batch_size", "local_steps"]].itertuples(index=False, name=None)))
+    assert got == [("fedavg", 2, 2), ("fedsgd", 1, 0), ("fedsgd", 2, 0)] and len(table) == 6
+    again = run_sweep(params, "lenet", cache_dir=tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(again.drop(columns=VARYING), table.drop(columns=VARYING))

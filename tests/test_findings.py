@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from selenc import findings
+from selenc import findings, stats
 from tests.conftest import FEDSGD_B1
 from tests.test_stats import rows
 
@@ -159,3 +159,35 @@ def test_cell_counts_median_tables_and_support_table(params):
     assert (fewest, most) == (3, 5) and medians.loc["strongest", "magnitude"] == 12.0  # the slice stays out
     support = findings.support_table(METRICS, ["lenet", "bert"])
     assert support.iloc[0, 1:].tolist() == [0.9, 0.8, 1.0, 1.0] and support.iloc[1, 1:].isna().all()
+
+
+def test_update_findings_say_where_the_attack_is_not_a_valid_baseline(params):
+    b4 = FEDSGD_B1 | {"batch_size": 4}
+    table = []
+    for update, base, masked in ((FEDSGD_B1, 40.0, 20.0), (b4, 10.0, [15.0, 15.0, 15.0, 11.0, 11.0])):
+        for metric in ("magnitude", "distance"):
+            table += [r | update | {"recovered": 0.5} for r in rows("dlg", metric, {0.0: base, 0.3: masked})]
+    table = pd.DataFrame(table)
+    metrics = {"lenet": {"updates": stats.update_effect(table, params.guidelines)}}
+    metrics["lenet"]["updates"] = metrics["lenet"]["updates"]["lenet"]
+    shown = findings.update_table(metrics, ["lenet"]).set_index("update")
+    assert shown.loc["fedsgd B=4", "strict: baseline"] == "not broken"
+    assert shown.loc["fedsgd B=1", "strict: baseline"] == "broken"
+    assert shown.loc["fedsgd B=4", "strict: protected at ρ=0"] == "5/5" and shown.loc["fedsgd B=4", "gap samples"] == 5
+    text = findings.update_sentences(metrics, ["lenet"], params.guidelines)
+    assert "**lenet, fedsgd B=4**" in text and "**not a valid baseline** at the strict and moderate level" in text
+    assert "lower than under fedsgd B=1 by a median of **5**" in text and "not significant: too few samples" in text
+    assert "a valid baseline (it breaks the update) at the strict and moderate level" in text
+    assert "recovers 50% of the images at 30 dB or more" in text
+    protection = findings.update_protection(stats.summary(table, params.guidelines.levels), params.guidelines, "lenet")
+    strict = protection["strict"]
+    assert (
+        strict.loc[("magnitude", 0.3), "fedsgd B=4"] == "2/5" and strict.loc[("magnitude", 0.3), "fedsgd B=1"] == "0/5"
+    )
+    assert strict.loc[("magnitude", 0.0), "fedsgd B=4"] == "5/5 ✓"
+    assert (
+        findings.update_protection(
+            stats.summary(table[table.batch_size == 1], params.guidelines.levels), params.guidelines, "lenet"
+        )
+        is None
+    )

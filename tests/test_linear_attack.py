@@ -131,6 +131,28 @@ def test_batch_two_reads_label_rows(victims, params, raw):
     assert result.images.shape == batch.inputs.shape and sorted(result.labels.tolist()) == sorted(batch.labels.tolist())
 
 
+@pytest.mark.parametrize("arch", ["lenet", "cnn"])
+def test_batch_four_with_distinct_labels_separates_the_samples(victims, raw, arch):
+    """FedSGD batch 4, labels 3, 8, 0, 6: each sample's reading (its label's row) lies nearer its own features than
+    any other sample's, and nearer them than the batch's mean features are. (Not so for FedAvg with 3 local steps,
+    whose rows mix the steps' features too: README.)"""
+    changes = {"update.batch_size": 4, "frontier.n_max": 5}
+    update = with_changes(raw, **changes).update
+    victim = victims[arch]
+    batch = target_batch(victim, "cifar10", [0, 1, 3, 4])
+    assert len(set(batch.labels.tolist())) == 4
+    observed = observe_client(victim, batch, update)
+    labels = recover_labels(observed, victim, 0)
+    reading = read_features(observed, victim, "mask_aware", labels, 0)
+    assert reading.kind == "mixed" and bool(reading.known.all()) and bool(reading.scaled.all())
+    owner = [batch.labels.tolist().index(c) for c in labels.tolist()]  # the sample whose label each reading took
+    truth = true_features(victim, batch)
+    distance = torch.cdist(reading.values, truth)  # (reading, sample)
+    assert distance.argmin(1).tolist() == owner
+    mean = torch.cdist(truth.mean(0, keepdim=True), truth)[0]
+    assert bool((distance[range(4), owner] < mean[owner]).all())
+
+
 @pytest.mark.parametrize("arch", ["lenet", "cnn"])  # L-BFGS and signed Adam
 def test_batched_equals_one_by_one(victims, params, arch):
     """Two trials (different samples, masks, threat models, seeds) attacked together and alone give the same results

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from selenc import plots, results
+from selenc import plots, results, stats
 from tests.conftest import FEDSGD_B1
 from tests.test_stats import rows
 
@@ -86,3 +86,13 @@ def test_reconstruction_grid_shows_each_metric_and_ratio_of_one_trial(params):
     assert len(fig.axes) == 2 * 3  # metrics x (original + ratios)
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
     assert labels == ["40.0 dB", "20.0 dB", "15.0 dB"]  # random at ρ = 0 was not run: an empty panel
+
+
+def test_updates_vs_ratio_draws_one_line_per_update_on_the_cells_they_share(params):
+    one = pd.DataFrame(rows("dlg", "magnitude", {0.0: 40.0, 0.3: 20.0, 0.6: 15.0}))
+    four = pd.DataFrame(rows("dlg", "magnitude", {0.0: 18.0, 0.3: 12.0})).assign(batch_size=4)
+    data = stats.update_rows(pd.concat([one, four], ignore_index=True), params.guidelines)
+    fig = plots.updates_vs_ratio(data, "lenet")
+    lines = {tuple(ln.get_ydata().tolist()) for ln in fig.axes[0].lines if len(ln.get_xdata())}
+    assert lines == {(40.0, 20.0), (18.0, 12.0)}  # ρ = 0.6 ran under batch 1 only: not drawn
+    assert plots.updates_vs_ratio(stats.update_rows(one, params.guidelines), "lenet") is None

@@ -217,3 +217,36 @@ def test_main_trials_read_the_client_update_the_guidelines_name(raw):
     assert set(results.main_trials(table, parse_params(raw).guidelines).psnr) == {20.0}
     raw["guidelines"]["update"] = {"batch_size": 4, "kind": "fedavg"}
     assert results.main_trials(table, parse_params(raw).guidelines).empty
+
+
+def test_update_effect_pairs_each_update_against_the_guidelines_one_on_the_same_samples(params):
+    """Batch 1 and batch 4 on the same five clients, two attacks, two metrics: the ρ = 0 cells of both metrics are one
+    sample each, the strongest attacker's best recovered share is kept, a batch-4 update that ρ = 0 already protects is
+    not a valid baseline, and the masked gap is batch 1 minus batch 4 per sample. Zero-fill rows are not read."""
+    b4 = FEDSGD_B1 | {"batch_size": 4}
+    table = []
+    for update, base, masked, share in ((FEDSGD_B1, 40.0, [20, 21, 22, 23, 24], 1.0), (b4, 10.0, 15.0, 0.0)):
+        for attack, bump in (("dlg", 0.0), ("linear", 1.0)):
+            for metric in ("magnitude", "distance"):
+                part = rows(attack, metric, {0.0: base + bump, 0.3: masked}) + rows(
+                    attack, metric, {0.3: 99.0}, threat_model="zero_fill"
+                )
+                table += [r | update | {"recovered": share if attack == "linear" else 0.0} for r in part]
+    effect = stats.update_effect(pd.DataFrame(table), params.guidelines)["lenet"]
+    assert set(effect) == {"fedsgd B=1", "fedsgd B=4"}
+    one, four = effect["fedsgd B=1"], effect["fedsgd B=4"]
+    assert one["gap"] is None and one["unprotected"]["n_samples"] == 5
+    assert one["unprotected"]["median"] == 41.0 and one["unprotected"]["recovered"] == 1.0
+    assert all(one["unprotected"][level]["baseline"] == stats.BROKEN for level in ("strict", "moderate"))
+    u = four["unprotected"]
+    assert u["median"] == 11.0 and u["recovered"] == 0.0 and u["strict"]["protected"] == 5
+    assert u["strict"]["baseline"] == u["moderate"]["baseline"] == stats.NOT_BROKEN  # 5 of 5 protected at ρ = 0
+    g = four["gap"]
+    assert g["n_samples"] == 5 and g["n_pairs"] == 10  # two metrics at ρ = 0.3 per sample
+    assert g["median"] == pytest.approx(22.0 - 15.0) and g["p"] == pytest.approx(stats.min_wilcoxon_p(5))
+
+
+def test_a_baseline_is_broken_only_when_the_interval_of_its_protected_share_ends_below_the_rule(params):
+    level = params.guidelines.levels["moderate"]  # min_protected 0.5
+    assert [stats.baseline(k, 5, level) for k in range(6)] == ["broken"] + ["undecided"] * 4 + ["not broken"]
+    assert stats.baseline(2, 20, level) == "broken" and stats.baseline(8, 20, level) == "undecided"
