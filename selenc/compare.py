@@ -13,7 +13,8 @@
   pairs each attack alone broke among those it ran on beside another (`stats.decisive`; the frontier's attack sets
   lean on it); `updates`, per client update (batch size, FedAvg), the strongest attacker with nothing encrypted
   (median, share recovered, whether it is a valid baseline per level) and its paired gap to the guidelines' update on
-  the same samples (`stats.update_effect`).
+  the same samples (`stats.update_effect`); `rounds`, per masked cell run over several rounds, the strongest attacker
+  per mask policy against one round on the same samples, with the HE cost of the whole run (`stats.rounds_effect`).
 
 Every p-value and interval counts samples, never rows (`stats`).
 """
@@ -88,6 +89,8 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
             )
     for arch, per_update in stats.update_effect(table, cfg, seed).items():
         out[arch]["updates"] = {label: _rounded(entry) for label, entry in per_update.items()}
+    for arch, per_cell in stats.rounds_effect(table, cfg, seed).items():
+        out[arch]["rounds"] = {cell: _rounded(entry) for cell, entry in per_cell.items()}
     flags = overstated(table, level, levels)
     support = support_threshold(table)
     decisive = stats.decisive(main_trials(table, cfg), levels)

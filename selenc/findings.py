@@ -25,6 +25,11 @@ def _p(p: float, min_p: float) -> str:
     return f"p = {p:.2g}" + ("" if p < ALPHA else ", not significant")
 
 
+def _interval(e: dict) -> str:
+    """An entry's 95% interval, as the sentences write it."""
+    return f"95% CI [{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
+
+
 def _samples(g: dict) -> str:
     return f"{g['n_samples']} samples ({g['n_pairs']} pairs)"
 
@@ -282,13 +287,13 @@ def update_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
                     said.append(f"undecided at the {lv} level ({u[lv]['protected']} of {u['n_samples']} protected)")
                 parts.append(
                     f"nothing encrypted, the strongest attacker reaches a median {label} of **{u['median']:.3g}** "
-                    f"(95% CI [{u['ci_low']:.3g}, {u['ci_high']:.3g}], {u['n_samples']} samples) and recovers "
+                    f"({_interval(u)}, {u['n_samples']} samples) and recovers "
                     f"{u['recovered']:.0%} of the {whole}; " + "; ".join(said)
                 )
             if g:
                 parts.append(
                     f"under masks (0 < ρ < 1) its success is lower than under {reference} by a median of "
-                    f"**{g['median']:.3g}** per sample (95% CI [{g['ci_low']:.3g}, {g['ci_high']:.3g}], {_samples(g)}, "
+                    f"**{g['median']:.3g}** per sample ({_interval(g)}, {_samples(g)}, "
                     f"Wilcoxon {_p(g['p'], g['min_p'])})"
                 )
             if parts:
@@ -316,6 +321,64 @@ def update_protection(summary: pd.DataFrame, cfg: Guidelines, arch: str) -> pd.D
             index=["metric", "ratio"], columns="update", values="cell", aggfunc="first"
         )
     return pd.concat(out, axis=1, names=["level", "update"])
+
+
+# --- rounds (notebook 03) -------------------------------------------------------------------------------------------
+def rounds_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
+    """Per architecture, masked cell and update (attacks.json `rounds`): the strongest attacker's samples, median
+    success with its interval, protected samples per level, the HE megabytes of the whole run and the paired gap to
+    one round on the same samples."""
+    rows = []
+    for arch in archs:
+        for cell, per_update in (metrics[arch].get("rounds") or {}).items():
+            for label, e in per_update.items():
+                row = {"arch": arch, "cell": cell, "update": label, "samples": e["n_samples"], "median": e["median"]}
+                row |= {"95% CI": f"[{e['ci_low']:.3g}, {e['ci_high']:.3g}]", "HE MB per run": e["he_mb_run"]}
+                for level in _levels(e):
+                    if level != "gap":
+                        row[f"{level}: protected"] = f"{e[level]['protected']}/{e['n_samples']}"
+                g = e["gap"]
+                if g:
+                    row |= {"gap vs 1 round": g["median"], "gap 95% CI": f"[{g['ci_low']:.3g}, {g['ci_high']:.3g}]"}
+                    row |= {"Wilcoxon p": g["p"], "gap significant": g["p"] < ALPHA}
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rounds_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
+    """Per architecture and masked cell run over several rounds: for each mask policy, how the strongest attacker that
+    combines the rounds does against one round on the same samples, whether the cell still protects at each level,
+    and at what HE cost per run. Markdown."""
+    lines = []
+    for arch in archs:
+        _, label = success_column(arch)
+        for cell, per_update in (metrics[arch].get("rounds") or {}).items():
+            one = next((e for e in per_update.values() if e["rounds"] == 1), None)
+            parts = []
+            for update, e in per_update.items():
+                if e["rounds"] == 1:
+                    continue
+                held = []
+                for name, level in cfg.levels.items():
+                    v = e[name]
+                    verdict = "protects" if v["low"] >= level.min_protected else "does not protect"
+                    before = f", one round {one[name]['protected']}/{one['n_samples']}" if one else ""
+                    held.append(f"{verdict} at the {name} level ({v['protected']}/{e['n_samples']}{before})")
+                g = e["gap"]
+                gap = (
+                    f"{g['median']:+.3g} per sample against one round ({_interval(g)}, {g['n_samples']} samples, "
+                    f"Wilcoxon {_p(g['p'], g['min_p'])})"
+                    if g
+                    else "no one-round pair"
+                )
+                parts.append(
+                    f"*{update}*: median {label} **{e['median']:.3g}** "
+                    f"({_interval(e)}), {gap}; {'; '.join(held)}; "
+                    f"{e['he_mb_run']:.3g} MB of HE per run"
+                )
+            if parts:
+                lines.append(f"**{arch}, {cell}**: " + " — ".join(parts) + ".")
+    return "\n\n".join(lines) or "No cell ran over several rounds."
 
 
 # --- T4 (notebooks 01 and 03) ---------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from selenc import cache, data, engine, plots, stats
 from selenc.config import load_params
-from selenc.grid import Trial, distinct, update_fields, update_label
+from selenc.grid import UPDATE, Trial, distinct, update_fields, update_label
 from selenc.results import Cost, Outcome
 from selenc.search import PROTECTS, Found, Rule, Search, step, verdict
 from selenc.settings import ARCH_MODALITY, ConfigError, Params
@@ -55,10 +55,15 @@ class Group:
     batch_size: int
     local_steps: int
     local_lr: float
+    rounds: int
+    mask_policy: str
+    clients: int
+    server_lr: float
 
     @property
-    def update(self) -> tuple[str, int, int, float]:
-        return self.update_kind, self.batch_size, self.local_steps, self.local_lr
+    def update(self) -> tuple:
+        """The group's `grid.UPDATE` fields, in order."""
+        return tuple(getattr(self, name) for name in UPDATE)
 
 
 GROUP = [f.name for f in dataclasses.fields(Group)]  # the columns that name a group in the tables
@@ -217,7 +222,7 @@ def probe_table(params: Params, arch: str, cells: dict, costs: dict[float, Cost]
 
 
 FOUND_COLUMNS = (
-    "arch", "metric", "privacy_level", "victim", "ties", "update_kind", "batch_size", "local_steps", "local_lr",
+    "arch", "metric", "privacy_level", "victim", "ties", *UPDATE,
     "attack_set", "status", "ratio_star", "bracket_low",
     "bracket_high", "n",
     "protected_share", "protected_low", "protected_high", "success_median", "success_low", "success_high",
@@ -255,7 +260,7 @@ def stage_metrics(frontier: Frontier) -> dict:
     them), and the trials spent."""
     out: dict = {"trials": frontier.trials, "probes": len(frontier.probes), "ratio_star": {}}
     for r in frontier.found.itertuples():
-        update = update_label(r.update_kind, r.batch_size, r.local_steps, r.local_lr)
+        update = update_label(*(getattr(r, name) for name in UPDATE))
         where = out["ratio_star"].setdefault(r.victim, {}).setdefault(r.ties, {}).setdefault(update, {})
         where = where.setdefault(r.privacy_level, {})
         where[r.metric] = None if pd.isna(r.ratio_star) else float(r.ratio_star)

@@ -7,8 +7,9 @@ and back, in `named_parameters()` order, so masks and scores are plain vectors o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -88,18 +89,28 @@ class FlatLayout:
             raise KeyError(f"no parameter named {name!r} in this layout") from None
 
 
-def client_update(victim: Victim, batch: Batch, cfg: Update, create_graph: bool = False) -> torch.Tensor:
+def client_update(
+    victim: Victim,
+    batch: Batch,
+    cfg: Update,
+    create_graph: bool = False,
+    weights: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The flat update a client shares for `batch`: FedSGD gradient or FedAvg delta θ_0 − θ_k.
 
-    The model itself is never changed. With `create_graph=True` the result stays differentiable with respect to
-    the batch inputs (what gradient-matching attacks need).
+    θ_0 is the model's parameters, or `weights` (by name: another round's global model). The model itself is never
+    changed. With `create_graph=True` the result stays differentiable with respect to the batch inputs (what
+    gradient-matching attacks need).
     """
-    names = [n for n, p in victim.model.named_parameters() if p.requires_grad]
-    theta0 = [p for p in victim.model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in victim.model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    theta0 = [p if weights is None else weights[n].detach().requires_grad_() for n, p in named]
     if cfg.kind == "fedsgd":
         # materialize_grads: a parameter the batch does not reach (the token embedding when the batch holds
         # embeddings instead of ids) gets an all-zero gradient instead of an error
-        grads = torch.autograd.grad(victim.loss(batch), theta0, create_graph=create_graph, materialize_grads=True)
+        params = None if weights is None else dict(zip(names, theta0, strict=True))
+        loss = victim.loss(batch, params=params)
+        grads = torch.autograd.grad(loss, theta0, create_graph=create_graph, materialize_grads=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
         return flat if create_graph else flat.detach()
     theta = theta0 if create_graph else [p.detach().requires_grad_() for p in theta0]
@@ -111,6 +122,21 @@ def client_update(victim: Victim, batch: Batch, cfg: Update, create_graph: bool 
             theta = [t.detach().requires_grad_() for t in theta]
     flat = torch.cat([(a - b).reshape(-1) for a, b in zip(theta0, theta, strict=True)])
     return flat if create_graph else flat.detach()
+
+
+def model_weights(victim: Victim) -> torch.Tensor:
+    """The model's trainable parameters as one flat vector (`FlatLayout` order), detached."""
+    return torch.cat([p.detach().reshape(-1) for p in victim.model.parameters() if p.requires_grad])
+
+
+def at_weights(victim: Victim, weights: torch.Tensor) -> Victim:
+    """A copy of `victim` whose trainable parameters are the flat `weights` (another round's global model)."""
+    model = copy.deepcopy(victim.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p, w in zip(trainable, FlatLayout.of(model).unflatten(weights.to(victim.device)).values(), strict=True):
+            p.copy_(w)
+    return replace(victim, model=model)
 
 
 def continuous_input(victim: Victim, batch: Batch) -> torch.Tensor:
@@ -128,27 +154,32 @@ def at_input(victim: Victim, batch: Batch, x: torch.Tensor) -> Batch:
     return Batch(batch.inputs, batch.labels, batch.attention_mask, input_offset=x)
 
 
-def batch_update(victim: Victim, cfg: Update, names: Sequence[str] | None = None) -> Callable[[Batch], torch.Tensor]:
-    """batch -> the flat update a client with that batch sends, written with torch.func so it composes with `jvp`,
-    `grad` and `vmap` (same values as `client_update`; labels may be ids or probabilities).
+def batch_update(victim: Victim, cfg: Update, names: Sequence[str] | None = None) -> Callable[..., torch.Tensor]:
+    """(batch, weights=None) -> the flat update a client with that batch sends, written with torch.func so it composes
+    with `jvp`, `grad` and `vmap` (same values as `client_update`; labels may be ids or probabilities). `weights` (a
+    flat vector in `FlatLayout` order, vmappable) is the model it starts from: another round's global model; None:
+    the model's own parameters.
 
     `names` restricts the update to those parameters (in that order), the others held at their values: exact for
     FedSGD, and for FedAvg when the left-out parameters' gradient is zero (a token table fed embeddings)."""
-    theta0 = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
-    names = list(theta0) if names is None else list(names)
-    fixed = {n: p for n, p in theta0.items() if n not in set(names)}
+    layout = FlatLayout.of(victim.model)
+    own = {n: p.detach() for n, p in victim.model.named_parameters() if p.requires_grad}
+    names = list(own) if names is None else list(names)
+    kept = set(names)
 
-    def loss(theta: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    def loss(theta: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         return victim.loss(batch, params=theta | fixed)
 
-    def update(batch: Batch) -> torch.Tensor:
+    def update(batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+        theta0 = own if weights is None else layout.unflatten(weights)
         start = {n: theta0[n] for n in names}
+        fixed = {n: p for n, p in theta0.items() if n not in kept}
         if cfg.kind == "fedsgd":
-            g = torch.func.grad(loss)(start, batch)
+            g = torch.func.grad(loss)(start, fixed, batch)
             return torch.cat([g[n].reshape(-1) for n in names])
         theta = start
         for _ in range(cfg.local_steps):
-            g = torch.func.grad(loss)(theta, batch)
+            g = torch.func.grad(loss)(theta, fixed, batch)
             theta = {n: theta[n] - cfg.local_lr * g[n] for n in names}
         return torch.cat([(start[n] - theta[n]).reshape(-1) for n in names])
 

@@ -12,22 +12,37 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from selenc.settings import Params, Update
 
-
-def update_fields(update: Update) -> tuple[str, int, int, float]:
-    """A client update as a trial's (update_kind, batch_size, local_steps, local_lr). FedSGD takes no local step:
-    0 and 0.0, so settings it ignores never split a grid point."""
-    if update.kind == "fedsgd":
-        return update.kind, update.batch_size, 0, 0.0
-    return update.kind, update.batch_size, update.local_steps, update.local_lr
+# a trial's client update, as `update_fields` lists it: the columns of the results table that name it
+UPDATE = ("update_kind", "batch_size", "local_steps", "local_lr", "rounds", "mask_policy", "clients", "server_lr")
 
 
-def update_label(kind: str, batch_size: int, local_steps: int, local_lr: float) -> str:
-    """A trial's update fields as a short label: 'fedsgd B=1', 'fedavg B=4 3x0.1' (local steps x learning rate)."""
-    return f"{kind} B={batch_size}" + (f" {local_steps}x{local_lr:g}" if kind == "fedavg" else "")
+def update_fields(update: Update) -> tuple[str, int, int, float, int, str, int, float]:
+    """A client update as a trial's `UPDATE` fields. Settings an update ignores take placeholders, so they never split
+    a grid point: FedSGD takes no local step (0, 0.0); one round has no mask policy, federation or global step
+    ("fresh", 1, 0.0)."""
+    steps, lr = (0, 0.0) if update.kind == "fedsgd" else (update.local_steps, update.local_lr)
+    federation = ("fresh", 1, 0.0) if update.rounds == 1 else (update.mask_policy, update.clients, update.server_lr)
+    return update.kind, update.batch_size, steps, lr, update.rounds, *federation
+
+
+def update_label(
+    kind: str,
+    batch_size: int,
+    local_steps: int,
+    local_lr: float,
+    rounds: int = 1,
+    mask_policy: str = "fresh",
+    clients: int = 1,
+    server_lr: float = 0.0,
+) -> str:
+    """A trial's `UPDATE` fields as a short label: 'fedsgd B=1', 'fedavg B=4 3x0.1' (local steps x learning rate),
+    'fedsgd B=1 R=4 frozen' (rounds and mask policy; the federation's clients and global step are the run's)."""
+    label = f"{kind} B={batch_size}" + (f" {local_steps}x{local_lr:g}" if kind == "fedavg" else "")
+    return label + (f" R={rounds} {mask_policy}" if rounds > 1 else "")
 
 
 def effective_metric(metric: str, ratio: float) -> str:
@@ -51,6 +66,10 @@ class Trial:
     batch_size: int  # samples in the client's batch
     local_steps: int  # fedavg: local SGD steps (fedsgd: 0)
     local_lr: float  # fedavg: local learning rate (fedsgd: 0.0)
+    rounds: int  # messages of one federated run the attacker combines (1: one message)
+    mask_policy: str  # how the mask changes across rounds (`settings.MASK_POLICIES`; one round: fresh)
+    clients: int  # clients aggregated per round (one round: 1)
+    server_lr: float  # the global step between rounds (one round: 0.0)
     init: int  # which model initialisation (0 .. study.model_seeds - 1); (init, trial) is one sample
     trial: int  # which client: its batch holds targets trial, trial + P/B, ... (P targets in the pool, B per batch)
 
@@ -58,7 +77,17 @@ class Trial:
     def update(self) -> Update:
         """The client update the trial's upload is (FedSGD's unused local settings filled with placeholders)."""
         steps, lr = (self.local_steps, self.local_lr) if self.update_kind == "fedavg" else (1, 1.0)
-        return Update(kind=self.update_kind, batch_size=self.batch_size, local_steps=steps, local_lr=lr)
+        clients, server_lr = (self.clients, self.server_lr) if self.rounds > 1 else (1, 1.0)
+        return Update(
+            kind=self.update_kind,
+            batch_size=self.batch_size,
+            local_steps=steps,
+            local_lr=lr,
+            rounds=self.rounds,
+            mask_policy=self.mask_policy,
+            clients=clients,
+            server_lr=server_lr,
+        )
 
     @property
     def effective_metric(self) -> str:
@@ -68,8 +97,9 @@ class Trial:
     def identity(self) -> dict:
         """The grid point minus what cannot change its result: trials with equal identities are one computation."""
         out = asdict(self) | {"metric": self.effective_metric}
-        if self.ratio in (0.0, 1.0):  # the mask is empty or full whichever clients agreed on it
+        if self.ratio in (0.0, 1.0):  # the mask is empty or full whichever clients agreed on it, in every round
             out["mask_source"] = out["ties"] = "any"
+            out["mask_policy"] = "any" if self.rounds > 1 else out["mask_policy"]
         if self.ratio == 0.0:  # nothing hidden: the zero-fill and the mask-aware attacker see the same update
             out["threat_model"] = "any"
         return out
@@ -79,6 +109,10 @@ class Trial:
         threat model, which only the server's side reads. Trials with equal uploads share their preparation."""
         client_side = {k: v for k, v in self.identity().items() if k not in ("attack", "threat_model")}
         return json.dumps(client_side, sort_keys=True)
+
+
+if not set(UPDATE) <= {f.name for f in fields(Trial)}:
+    raise ImportError(f"grid.UPDATE {UPDATE} names a column that is no Trial field")
 
 
 def expand(params: Params, arch: str) -> list[Trial]:

@@ -3,7 +3,11 @@
 `ObservedUpdate` holds the plaintext values of the visible coordinates, the mask (positions are public: homomorphic
 aggregation adds ciphertexts slot by slot, so every party knows which coordinates are encrypted), the parameter
 layout and the protocol's public facts (`PublicInfo`). It never holds the encrypted values, so an attack that
-receives it cannot reach them. `observe` is the one constructor from a client's update; the sweep, the theory stage,
+receives it cannot reach them. Over several rounds of one federated run (`rounds`) the server keeps every message:
+the view then stacks the R rounds' coordinates (round-major, R·n of them) beside each round's public global model
+(`weights`), and `sent` is the stacked update a candidate batch would produce under those models.
+
+`observe` is the one constructor from a client's update; the sweep, the theory stage,
 HE and the tests all build the server's view through it (HE's `EncryptedUpdate.observed` drops its ciphertexts into
 the same dataclass).
 """
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selenc.gradients import FlatLayout, client_update
+from selenc.gradients import FlatLayout, at_weights, client_update
 from selenc.models import Batch, Victim
 from selenc.settings import Update
 
@@ -49,15 +53,19 @@ class ObservedUpdate:
     mask: torch.Tensor  # bool (n,), True = encrypted: position public, value hidden
     layout: FlatLayout
     public: PublicInfo
+    # (R, layout.n): each round's public global model, the R rounds' coordinates stacked in `visible` and `mask`;
+    # None: one message, at the model's own weights
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.mask.dtype != torch.bool or self.mask.ndim != 1 or self.mask.numel() != self.layout.n:
-            raise ValueError(f"mask must be a bool vector of shape ({self.layout.n},), got {tuple(self.mask.shape)}")
+        if self.weights is not None and (self.weights.ndim != 2 or self.weights.shape[1] != self.layout.n):
+            raise ValueError(f"weights must have shape (rounds, {self.layout.n}), got {tuple(self.weights.shape)}")
+        size = self.rounds * self.layout.n
+        if self.mask.dtype != torch.bool or self.mask.ndim != 1 or self.mask.numel() != size:
+            raise ValueError(f"mask must be a bool vector of shape ({size},), got {tuple(self.mask.shape)}")
         hidden = int(self.mask.sum())
-        if self.visible.ndim != 1 or self.visible.numel() != self.layout.n - hidden:
-            raise ValueError(
-                f"visible must hold the n − k = {self.layout.n - hidden} values, got {tuple(self.visible.shape)}"
-            )
+        if self.visible.ndim != 1 or self.visible.numel() != size - hidden:
+            raise ValueError(f"visible must hold the n − k = {size - hidden} values, got {tuple(self.visible.shape)}")
 
     @classmethod
     def observe(
@@ -72,9 +80,49 @@ class ObservedUpdate:
         visible = update.detach()[~mask.to(update.device)].clone()
         return cls(visible, mask, layout, public)
 
+    @classmethod
+    def of_rounds(cls, rounds: list[ObservedUpdate], weights: torch.Tensor) -> ObservedUpdate:
+        """One view of a federated run's messages (each a one-round view) under each round's global model."""
+        first = rounds[0]
+        if len(rounds) != len(weights) or any(o.layout != first.layout or o.weights is not None for o in rounds):
+            raise ValueError("of_rounds needs one one-round view of the same model per round's weights")
+        visible = torch.cat([o.visible for o in rounds])
+        mask = torch.cat([o.mask for o in rounds])
+        return cls(visible, mask, first.layout, first.public, weights.detach().cpu().clone())
+
     @property
     def n(self) -> int:
-        return self.layout.n
+        """Coordinates the server sees the positions of: the model's, times the rounds."""
+        return self.mask.numel()
+
+    @property
+    def rounds(self) -> int:
+        return 1 if self.weights is None else len(self.weights)
+
+    def round(self, r: int) -> ObservedUpdate:
+        """Round r's message alone (its global model: `victim_at`)."""
+        if self.weights is None:
+            if r != 0:
+                raise IndexError(f"one message has round 0 only, not {r}")
+            return self
+        n = self.layout.n
+        mask = self.mask[r * n : (r + 1) * n]
+        before = int((~self.mask[: r * n]).sum())
+        visible = self.visible[before : before + int((~mask).sum())]
+        return ObservedUpdate(visible, mask.clone(), self.layout, self.public)
+
+    def victim_at(self, victim: Victim, r: int) -> Victim:
+        """`victim` at round r's global model (a copy; the victim itself when there are no rounds)."""
+        return victim if self.weights is None else at_weights(victim, self.weights[r])
+
+    def sent(self, victim: Victim, batch: Batch, create_graph: bool = False) -> torch.Tensor:
+        """The (stacked) update a client with `batch` would have sent: what this view's coordinates compare to."""
+        cfg = self.public.update
+        if self.weights is None:
+            return client_update(victim, batch, cfg, create_graph)
+        weights = self.weights.to(victim.device)
+        rounds = [client_update(victim, batch, cfg, create_graph, self.layout.unflatten(w)) for w in weights]
+        return torch.cat(rounds)
 
     @property
     def visible_index(self) -> torch.Tensor:
@@ -88,7 +136,10 @@ class ObservedUpdate:
         return full
 
     def rows(self, name: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One parameter's gradient as the server sees it: (values with hidden entries 0, bool mask of visible ones)."""
+        """One parameter's gradient as the server sees it: (values with hidden entries 0, bool mask of visible ones);
+        one message only (over rounds: each `round`'s)."""
+        if self.rounds > 1:
+            raise ValueError(f"rows of {name!r}: this view stacks {self.rounds} rounds; read one `round(r)` at a time")
         span = self.layout.span(name)
         values = self.zero_filled()[span].view(shape)
         seen = (~self.mask[span]).view(shape)

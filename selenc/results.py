@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from selenc.grid import Trial, update_fields
+from selenc.grid import UPDATE, Trial, update_fields
 from selenc.settings import ARCH_MODALITY, Guidelines, Update
 
 STATUSES = ("ok", "error", "timeout")
@@ -54,8 +54,11 @@ class Outcome(BaseModel):
     b1_error: float | None = None
     b1_tightness: float | None = None
     b1_violated: bool | None = None
-    k: int | None = None  # encrypted coordinates
-    n: int | None = None  # all coordinates
+    k: int | None = None  # encrypted coordinates (over rounds: the first round's)
+    n: int | None = None  # all coordinates (of one message)
+    hidden_all: int | None = None  # coordinates hidden in every round: what no message shows (one round: k)
+    hidden_total: int | None = None  # encrypted coordinates summed over the rounds (one round: k)
+    hidden_rounds: str | None = None  # each round's encrypted coordinates, space-separated (`cost.run_cost`)
     support: int | None = None  # non-zero coordinates of the update (a mask with k >= support can hide them all)
     attack_s: float | None = None
     trial_s: float | None = None
@@ -83,14 +86,37 @@ class Cost(BaseModel):
     he_encrypt_s: float
 
 
+class RunCost(BaseModel):
+    """Measured CKKS cost of the row's whole federated run: every round's upload summed (`cost.run_cost`; one round:
+    the upload's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    he_ciphertexts_run: int
+    he_bytes_run: int
+    he_encrypt_s_run: float
+
+
 _GRID = tuple(f.name for f in dataclasses.fields(Trial))
-UPDATE = ("update_kind", "batch_size", "local_steps", "local_lr")  # a trial's client update (`grid.update_fields`)
-COLUMNS: tuple[str, ...] = (_GRID[0], "dataset", *_GRID[1:], *Outcome.model_fields, *Cost.model_fields)
+COLUMNS: tuple[str, ...] = (
+    _GRID[0],
+    "dataset",
+    *_GRID[1:],
+    *Outcome.model_fields,
+    *Cost.model_fields,
+    *RunCost.model_fields,
+)
 
 
-def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost) -> dict:
-    """One results row: the grid point, its dataset, what the trial measured and the HE cost of its ratio."""
-    return dataclasses.asdict(trial) | {"dataset": dataset} | outcome.model_dump() | cost.model_dump()
+def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost, run: RunCost | None = None) -> dict:
+    """One results row: the grid point, its dataset, what the trial measured, the HE cost of its ratio and of its
+    federated run (None: one round, the ratio's cost)."""
+    if run is None:
+        run = RunCost(
+            he_ciphertexts_run=cost.he_ciphertexts, he_bytes_run=cost.he_bytes, he_encrypt_s_run=cost.he_encrypt_s
+        )
+    measured = outcome.model_dump() | cost.model_dump() | run.model_dump()
+    return dataclasses.asdict(trial) | {"dataset": dataset} | measured
 
 
 def table(rows: list[dict]) -> pd.DataFrame:

@@ -25,6 +25,10 @@ MASK_SOURCES: tuple[str, ...] = ("own", "shared")
 TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
 VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
 MAX_BATCH = 64  # samples per client batch; a dataset's target pool may allow fewer (`config` names the limit)
+MAX_ROUNDS = 64  # rounds of a federated run whose messages one attacker combines
+# how a client's mask changes across rounds (`rounds.round_masks`): each round's own top-k | the first round's |
+# the union of the masks so far | the top-k of the sum of the round's clients' scores
+MASK_POLICIES: tuple[str, ...] = ("fresh", "frozen", "union", "consensus")
 # SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
 SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
@@ -166,13 +170,20 @@ class Models(Section):
 
 UpdateKind = Literal["fedsgd", "fedavg"]
 BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+MaskPolicy = Literal[MASK_POLICIES]
 
 
 class Update(Section):
+    """How a client produces what the server sees: one message (`rounds` 1) or one per round of a federated run."""
+
     kind: UpdateKind
     batch_size: BatchSize
     local_steps: PosInt
     local_lr: PosFloat
+    rounds: Annotated[int, Field(gt=0, le=MAX_ROUNDS)] = 1
+    mask_policy: MaskPolicy = "fresh"
+    clients: PosInt = 4  # clients aggregated per round (this one and clients − 1 others on disjoint data)
+    server_lr: PosFloat = 1.0  # the global step on the mean update between rounds
 
 
 class UpdateChange(Section):
@@ -182,6 +193,10 @@ class UpdateChange(Section):
     batch_size: BatchSize | None = None
     local_steps: PosInt | None = None
     local_lr: PosFloat | None = None
+    rounds: Annotated[int, Field(gt=0, le=MAX_ROUNDS)] | None = None
+    mask_policy: MaskPolicy | None = None
+    clients: PosInt | None = None
+    server_lr: PosFloat | None = None
 
     def over(self, base: Update) -> Update:
         """The update this entry names, `base` (the `update` section) supplying the keys it leaves out."""

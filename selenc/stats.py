@@ -34,13 +34,14 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from selenc.grid import Trial, effective_metric, update_fields, update_label
-from selenc.results import PSNR_CAP, SUCCESS, UPDATE, Cost, finite
+from selenc.results import PSNR_CAP, SUCCESS, UPDATE, Cost, RunCost, finite
 from selenc.settings import ARCH_MODALITY, Guidelines, PrivacyLevel
 
 SAMPLE = ["init", "trial"]  # a sample: one model initialisation and one real client batch, the unit of every test
 CELL = [f.name for f in dataclasses.fields(Trial) if f.name not in SAMPLE]  # a grid point minus its sample
 STRONGEST = "strongest"  # the attack name of the strongest-attacker rows
-COST = [f for f in Cost.model_fields if f != "he_ciphertexts"]  # the measured HE cost of the cell's ratio
+# the measured HE cost of the cell's ratio, per upload and per federated run (`results.RunCost`)
+COST = [f for f in [*Cost.model_fields, *RunCost.model_fields] if not f.startswith("he_ciphertexts")]
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 RESAMPLES = 2000
@@ -55,8 +56,7 @@ def success(rows: pd.DataFrame) -> pd.Series:
 
 def update_labels(table: pd.DataFrame) -> pd.Series:
     """Per row: its client update as a label (`grid.update_label` of its `results.UPDATE` columns): 'fedsgd B=4'."""
-    fields = table[list(UPDATE)].itertuples(index=False, name=None)
-    labels = [update_label(kind, int(b), int(steps), float(lr)) for kind, b, steps, lr in fields]
+    labels = [update_label(*fields) for fields in table[list(UPDATE)].itertuples(index=False, name=None)]
     return pd.Series(labels, index=table.index, dtype=object)
 
 
@@ -357,6 +357,49 @@ def update_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
         for g in _gap(masked, "update", reference, label, seed).to_dict("records"):
             out.setdefault(g.pop("arch"), {}).setdefault(label, {"unprotected": None})["gap"] = g
     return out
+
+
+def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """What combining rounds changes, per architecture and masked cell ("<metric> <ratio>") that ran several rounds,
+    for the strongest attacker of the rows the guidelines read: per update of the cell (`update` label; the one-round
+    update of the same clients first) its samples, median success with the bootstrap interval, per level the
+    protected samples with their Wilson interval, the HE megabytes of the whole run (median over samples) and, for
+    several rounds, the paired gap to one round on the same samples (success with R rounds minus with one, per
+    sample; positive: the rounds leak more), with the exact Wilcoxon p."""
+    strong = update_rows(table, cfg)
+    strong = strong[(strong.ratio > 0) & (strong.ratio < 1)]
+    out: dict[str, dict[str, dict]] = {}
+    for (arch, metric, ratio), cell in strong.groupby(["arch", "metric", "ratio"]):
+        several = cell[cell.rounds > 1]
+        if several.empty:
+            continue
+        single = cell[cell.rounds == 1]
+        entry = {}
+        for label, group in [*single.groupby("update"), *several.groupby("update")]:
+            per = group.set_index(SAMPLE)
+            med, low, high = median_ci(per.success.to_numpy(), seed)
+            row = {"rounds": int(per.rounds.iloc[0]), "n_samples": len(per), "median": med, "ci_low": low}
+            row |= {"ci_high": high, "he_mb_run": float(per.he_bytes_run.median()) / 1e6}
+            for name in cfg.levels:
+                k = int(per[f"protected_{name}"].sum())
+                share_low, share_high = wilson(k, len(per))
+                row[name] = {"protected": k, "low": share_low, "high": share_high}
+            row["gap"] = None
+            base = single[single["update"] == _one_round(label)].set_index(SAMPLE).success
+            if row["rounds"] > 1 and len(base):
+                diff = (per.success - base).dropna().to_numpy()
+                if len(diff):
+                    g_med, g_low, g_high = median_ci(diff, seed)
+                    row["gap"] = {"n_samples": len(diff), "median": g_med, "ci_low": g_low, "ci_high": g_high}
+                    row["gap"] |= {"p": wilcoxon(diff), "min_p": min_wilcoxon_p(len(diff))}
+            entry[label] = row
+        out.setdefault(arch, {})[f"{metric} {ratio:g}"] = entry
+    return out
+
+
+def _one_round(label: str) -> str:
+    """The one-round update of a label: 'fedsgd B=1 R=4 frozen' -> 'fedsgd B=1'."""
+    return label.split(" R=")[0]
 
 
 def _partial(ranks: np.ndarray) -> float:

@@ -1,7 +1,9 @@
 """One grid point -> one measured outcome: the data flow of a single trial, run for a batch of trials at once.
 
 real sample(s) -> client update g -> significance scores -> mask S (ratio ρ) -> the server's view (visible values +
-mask) -> attack -> reconstruction metrics, φ(S) and, when `sweep.bound_grid` > 0, (B1). A trial is `prepare`d on the
+mask) -> attack -> reconstruction metrics, φ(S) and, when `sweep.bound_grid` > 0, (B1). Over several rounds
+(`rounds`) the client's updates come from one federated run, each round masked under the trial's policy, and the
+server's view holds every round. A trial is `prepare`d on the
 client's side, attacked by the server, and `finish`ed on the client's side again (metrics need the true sample).
 `run_trials` runs a worker's batch: consecutive trials of one attack are attacked together (`attacks.BATCHED`: one
 vectorised optimisation for every optimisation attack), trials on the same client upload are prepared once, and every
@@ -28,6 +30,7 @@ from selenc.metrics import image_scores, text_scores
 from selenc.models import Batch, Victim, client_targets, init_tags, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
+from selenc.rounds import federated_run, peer_batches, round_masks
 from selenc.selection import decoy_key, make_mask
 from selenc.settings import Params, derive_seed
 from selenc.significance import ClientView, client_scores
@@ -63,34 +66,68 @@ class Prepared:
     support: int  # non-zero coordinates of the update
     observed: ObservedUpdate
     seconds: float  # time spent on the client's side so far
+    masks: torch.Tensor  # (R, n) every round's mask (one round: `mask`)
 
 
 def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
-    """Sample -> update -> scores -> mask -> φ(S) -> the observed update (the update itself is dropped)."""
+    """Sample -> update -> scores -> mask -> φ(S) -> the observed update (the update itself is dropped). Over several
+    rounds (`rounds`): one federated run, a mask per round under the trial's policy, every message observed; φ(S) and
+    the support are the first round's."""
     start = time.perf_counter()
     cfg, update_cfg = getattr(params.models, trial.arch), trial.update
     seed = derive_seed(params.study.seed, "trial", trial.arch, trial.trial, *init_tags(trial.init))
     own = client_targets(cfg.dataset, trial.trial, update_cfg.batch_size)
     batch = target_batch(victim, cfg.dataset, own)
-    update = client_update(victim, batch, update_cfg)
     metric = trial.effective_metric
-    if metric in ("none", "all"):
-        mask = torch.full((update.numel(),), metric == "all", dtype=torch.bool)
+    if update_cfg.rounds == 1:
+        update = client_update(victim, batch, update_cfg)
+        masks = [_mask(trial, params, victim, batch, update, seed, [])]
+        observed = observe(victim, update, masks[0], len(batch), update_cfg, metric, trial.mask_source, trial.ties)
     else:
-        clients = 1 if trial.mask_source == "own" else params.significance.shared_clients
-        others = [target_batch(victim, cfg.dataset, [i + j for i in own]) for j in range(1, clients)]
-        per_client = client_scores(metric, victim, [batch, *others], update_cfg, params.significance, seed)
-        key = None
-        if trial.ties == "decoys":  # whole token-embedding rows as decoys
-            table = victim.word_embedding()
-            rows = [] if table is None else [(FlatLayout.of(victim.model).span(table[0]).start, *table[1].shape)]
-            key = decoy_key(update.numel(), rows, derive_seed(seed, "decoys"))
-        mask = make_mask(per_client, trial.ratio, trial.mask_source, key)
+        peers = peer_batches(victim, update_cfg)
+        run = federated_run(victim, batch, peers, update_cfg)
+        voters = peers if update_cfg.mask_policy == "consensus" else []
+
+        def fresh(r: int) -> torch.Tensor:
+            return _mask(trial, params, run.victims[r], batch, run.updates[r], seed, voters)
+
+        masks = round_masks(update_cfg.mask_policy, fresh, update_cfg.rounds)
+        views = [
+            observe(v, u, m, len(batch), update_cfg, metric, trial.mask_source, trial.ties)
+            for v, u, m in zip(run.victims, run.updates, masks, strict=True)
+        ]
+        observed, update = ObservedUpdate.of_rounds(views, run.weights), run.updates[0]
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
     s = sample_significance(ClientView(victim, batch, update, update_cfg, params.significance, seed), cfg.dataset)
-    observed = observe(victim, update, mask, len(batch), update_cfg, metric, trial.mask_source, trial.ties)
     support = int(update.ne(0).sum())
-    return Prepared(trial, seed, batch, mask, phi(s, mask), support, observed, time.perf_counter() - start)
+    hidden = torch.stack(masks)
+    seconds = time.perf_counter() - start
+    return Prepared(trial, seed, batch, masks[0], phi(s, masks[0]), support, observed, seconds, hidden)
+
+
+def _mask(
+    trial: Trial, params: Params, victim: Victim, batch: Batch, update: torch.Tensor, seed: int, peers: list[Batch]
+) -> torch.Tensor:
+    """One message's mask: the trial's metric at its ratio over its mask source's scores (with `peers`: the top-k of
+    the sum of the federation's clients' scores, `rounds`' consensus), scored on `victim` (that round's model)."""
+    metric, update_cfg = trial.effective_metric, trial.update
+    if metric in ("none", "all"):
+        return torch.full((update.numel(),), metric == "all", dtype=torch.bool)
+    if peers:
+        source, others = "shared", peers
+    else:
+        clients = 1 if trial.mask_source == "own" else params.significance.shared_clients
+        dataset = getattr(params.models, trial.arch).dataset
+        own = client_targets(dataset, trial.trial, update_cfg.batch_size)
+        others = [target_batch(victim, dataset, [i + j for i in own]) for j in range(1, clients)]
+        source = trial.mask_source
+    per_client = client_scores(metric, victim, [batch, *others], update_cfg, params.significance, seed)
+    key = None
+    if trial.ties == "decoys":  # whole token-embedding rows as decoys
+        table = victim.word_embedding()
+        rows = [] if table is None else [(FlatLayout.of(victim.model).span(table[0]).start, *table[1].shape)]
+        key = decoy_key(update.numel(), rows, derive_seed(seed, "decoys"))
+    return make_mask(per_client, trial.ratio, source, key)
 
 
 def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Victim) -> Outcome:
@@ -105,6 +142,9 @@ def finish(prepared: Prepared, result: AttackResult, params: Params, victim: Vic
         "phi": prepared.phi,
         "k": int(mask.sum()),
         "n": int(mask.numel()),
+        "hidden_all": int(prepared.masks.all(0).sum()),
+        "hidden_total": int(prepared.masks.sum()),
+        "hidden_rounds": " ".join(str(int(k)) for k in prepared.masks.sum(1)),
         "support": prepared.support,
         "attack_s": result.seconds,
     }

@@ -12,7 +12,16 @@ from selenc.settings import Params
 
 REPO = Path(__file__).resolve().parent.parent
 # the update columns of a FedSGD batch-1 row (`grid.update_fields`), for tables built by hand
-FEDSGD_B1 = {"update_kind": "fedsgd", "batch_size": 1, "local_steps": 0, "local_lr": 0.0}
+FEDSGD_B1 = {
+    "update_kind": "fedsgd",
+    "batch_size": 1,
+    "local_steps": 0,
+    "local_lr": 0.0,
+    "rounds": 1,
+    "mask_policy": "fresh",
+    "clients": 1,
+    "server_lr": 0.0,
+}
 
 
 @pytest.fixture(scope="session")

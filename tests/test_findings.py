@@ -191,3 +191,25 @@ def test_update_findings_say_where_the_attack_is_not_a_valid_baseline(params):
         )
         is None
     )
+
+
+def test_rounds_findings_say_which_policy_holds_one_rounds_protection_and_at_what_cost(params):
+    """Magnitude 0.3 protects one round (5-9 dB); four fresh rounds break it (24-28 dB), frozen ones keep it."""
+    table = []
+    policies = (({}, 5.0, 1), ({"mask_policy": "fresh"}, 24.0, 4), ({"mask_policy": "frozen"}, 6.0, 4))
+    for change, psnr, rounds in policies:
+        federation = {"rounds": rounds, "clients": 4, "server_lr": 1.0} if rounds > 1 else {}
+        part = rows("dlg", "magnitude", {0.3: [psnr + t for t in range(5)]})
+        table += [r | federation | change | {"he_bytes_run": rounds * 1_000_000} for r in part]
+    metrics = {"lenet": {"rounds": stats.rounds_effect(pd.DataFrame(table), params.guidelines)["lenet"]}}
+    shown = findings.rounds_table(metrics, ["lenet"]).set_index("update")
+    assert shown.loc["fedsgd B=1 R=4 fresh", "strict: protected"] == "0/5"
+    assert shown.loc["fedsgd B=1", "strict: protected"] == "5/5"
+    assert shown.loc["fedsgd B=1 R=4 frozen", "HE MB per run"] == 4
+    assert shown.loc["fedsgd B=1 R=4 fresh", "gap vs 1 round"] == 19.0
+    text = findings.rounds_sentences(metrics, ["lenet"], params.guidelines)
+    assert "**lenet, magnitude 0.3**" in text and "*fedsgd B=1 R=4 fresh*: median PSNR (dB) **26**" in text
+    assert "does not protect at the strict level (0/5, one round 5/5)" in text
+    assert "*fedsgd B=1 R=4 frozen*" in text and "protects at the strict level (5/5, one round 5/5)" in text
+    assert "+19 per sample against one round" in text and "4 MB of HE per run" in text
+    assert findings.rounds_sentences({"lenet": {}}, ["lenet"], params.guidelines) == "No cell ran over several rounds."

@@ -25,11 +25,12 @@ ORDER = (
     "selenc.metrics",
     "selenc.selection",
     "selenc.report",
-    # the victim and the client's update
+    # the victim and the client's update (one message, or one per round of a federated run)
     "selenc.models",
     "selenc.gradients",
     "selenc.observed",
     "selenc.significance",
+    "selenc.rounds",
     "selenc.he",
     # the server's attacks: shared pieces, then one attack per module, then each modality's registry
     "selenc.attacks.lbfgs",

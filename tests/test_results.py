@@ -12,20 +12,23 @@ from pydantic import ValidationError
 
 from selenc import results
 from selenc.grid import Trial
-from selenc.results import COLUMNS, Cost, Outcome
+from selenc.results import COLUMNS, Cost, Outcome, RunCost
+from tests.test_grid import trial as grid_point
 
-TRIAL = Trial("lenet", "dlg", "mask_aware", "magnitude", 0.3, "own", "index", "untrained", "fedsgd", 1, 0, 0.0, 0, 0)
+TRIAL = grid_point()
 OK = Outcome(status="ok", seed=1, phi=0.2, k=3, n=10, attack_s=1.0, trial_s=2.0, psnr=20.0, ssim=0.4)
 COST = Cost(he_ciphertexts=1, he_bytes=100, he_bytes_sd=0.5, he_encrypt_s=0.01)
 
 
-def test_columns_are_derived_from_the_three_definitions_and_a_row_has_exactly_them():
+def test_columns_are_derived_from_the_four_definitions_and_a_row_has_exactly_them():
     grid = [f.name for f in dataclasses.fields(Trial)]
-    assert list(COLUMNS) == [grid[0], "dataset", *grid[1:], *Outcome.model_fields, *Cost.model_fields]
+    measured = [*Outcome.model_fields, *Cost.model_fields, *RunCost.model_fields]
+    assert list(COLUMNS) == [grid[0], "dataset", *grid[1:], *measured]
     row = results.row(TRIAL, "cifar10", OK, COST)
     assert set(row) == set(COLUMNS)
     table = results.table([row])
     assert list(table.columns) == list(COLUMNS) and table.loc[0, "psnr"] == 20.0 and table.loc[0, "he_bytes"] == 100
+    assert table.loc[0, "he_bytes_run"] == 100  # one round: the run is the upload
 
 
 def test_an_outcome_says_what_finished_means():

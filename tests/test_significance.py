@@ -17,6 +17,7 @@ from selenc.significance import (
     sensitivity,
 )
 from tests.conftest import with_changes
+from tests.test_grid import trial as grid_point
 from tests.test_models import real_batch
 
 
@@ -181,16 +182,13 @@ def test_embedding_rows_come_first(victims, small):
 def test_a_samples_significance_is_computed_once_per_model_sample_and_settings(victims, params):
     """`trial.prepare` reuses a sample's distance significance across metrics, ratios and attacks, and recomputes it
     for another sample, other settings or another model."""
-    from selenc.grid import Trial
     from selenc.trial import _significance_memo, prepare
 
     victim = victims["lenet"]
     _significance_memo.pop(victim.model, None)
 
     def trial(metric, ratio, t):
-        return Trial(
-            "lenet", "dlg", "mask_aware", metric, ratio, "own", "index", "untrained", "fedsgd", 1, 0, 0.0, 0, t
-        )
+        return grid_point(metric=metric, ratio=ratio, trial=t)
 
     a = prepare(trial("magnitude", 0.3, 0), params, victim)
     b = prepare(trial("random", 0.6, 0), params, victim)

@@ -37,6 +37,8 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
                     "he_encrypt_s": r * 10,
                     "he_bytes": int(r * 1000) + 5,
                     "he_bytes_sd": r * 2,
+                    "he_encrypt_s_run": r * 10,
+                    "he_bytes_run": int(r * 1000) + 5,
                 }
             )
     return out
@@ -244,6 +246,30 @@ def test_update_effect_pairs_each_update_against_the_guidelines_one_on_the_same_
     g = four["gap"]
     assert g["n_samples"] == 5 and g["n_pairs"] == 10  # two metrics at ρ = 0.3 per sample
     assert g["median"] == pytest.approx(22.0 - 15.0) and g["p"] == pytest.approx(stats.min_wilcoxon_p(5))
+
+
+def test_rounds_effect_pairs_each_policy_against_one_round_on_the_same_samples(params):
+    """One round and four rounds (fresh, frozen) of the same five clients at magnitude 0.3, two attacks: the strongest
+    attacker per policy, its protected samples, the run's HE cost and the per-sample gap to one round."""
+    table = []
+    policies = (({}, [20, 21, 22, 23, 24], 1), ({"mask_policy": "fresh"}, [30, 31, 32, 33, 34], 4))
+    policies += (({"mask_policy": "frozen"}, [21, 22, 23, 24, 25], 4),)
+    for change, psnr, rounds in policies:
+        federation = {"rounds": rounds, "clients": 4, "server_lr": 1.0} if rounds > 1 else {}
+        for attack, bump in (("dlg", -5.0), ("linear", 0.0)):
+            part = rows(attack, "magnitude", {0.3: [p + bump for p in psnr]})
+            table += [r | federation | change | {"he_bytes_run": rounds * r["he_bytes"]} for r in part]
+    effect = stats.rounds_effect(pd.DataFrame(table), params.guidelines)
+    cell = effect["lenet"]["magnitude 0.3"]
+    assert list(cell) == ["fedsgd B=1", "fedsgd B=1 R=4 fresh", "fedsgd B=1 R=4 frozen"]
+    one, fresh, frozen = cell.values()
+    assert one["gap"] is None and one["median"] == 22.0 and one["he_mb_run"] == pytest.approx(305e-6)
+    assert fresh["median"] == 32.0 and fresh["he_mb_run"] == pytest.approx(4 * 305e-6)
+    assert fresh["gap"]["median"] == 10.0 and fresh["gap"]["n_samples"] == 5
+    assert fresh["gap"]["p"] == pytest.approx(stats.min_wilcoxon_p(5)) and frozen["gap"]["median"] == 1.0
+    strict = params.guidelines.levels["strict"].psnr_max
+    assert fresh["strict"]["protected"] == sum(p < strict for p in [30, 31, 32, 33, 34])
+    assert "lenet" not in stats.rounds_effect(pd.DataFrame([r for r in table if r["rounds"] == 1]), params.guidelines)
 
 
 def test_a_baseline_is_broken_only_when_the_interval_of_its_protected_share_ends_below_the_rule(params):

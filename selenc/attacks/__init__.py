@@ -7,6 +7,8 @@ one vectorised optimisation) and `ANALYTIC` (name -> one trial). From those, her
 - `BATCHED[name](observed_list, victim, cfg, threat_models, seeds) -> [AttackResult]`: a batch of independent trials
   (one model); an analytic attack runs its trials one after another;
 - `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial;
+- `ROUNDS`: the attacks that match one candidate against every round of a federated run (`config` refuses the others
+  on a multi-round update);
 - `PUBLISHED_STEPS[name]`: the optimisation budget of the original procedure (None: analytic, or none published), so
   that findings can state how the study's budgets compare.
 
@@ -29,6 +31,7 @@ BATCHED: dict[str, Callable[..., list[AttackResult]]] = {
     name: fn for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: one_by_one(fn) for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
 PUBLISHED_STEPS: dict[str, int | None] = image.PUBLISHED_STEPS | text.PUBLISHED_STEPS  # the originals' budgets
+ROUNDS = image.ROUNDS | text.ROUNDS  # the attacks that combine the rounds of a federated run
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     name: one_trial(fn) for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: fn for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
@@ -36,4 +39,4 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
 if set(PUBLISHED_STEPS) != set(MODALITY):  # every attack says what the original procedure spent (None: nothing)
     raise ImportError(f"PUBLISHED_STEPS {sorted(PUBLISHED_STEPS)} differs from the attacks {sorted(MODALITY)}")
 
-__all__ = ["ATTACKS", "BATCHED", "MODALITY", "PUBLISHED_STEPS", "VECTORISED", "AttackResult", "Matcher"]
+__all__ = ["ATTACKS", "BATCHED", "MODALITY", "PUBLISHED_STEPS", "ROUNDS", "VECTORISED", "AttackResult", "Matcher"]

@@ -118,6 +118,13 @@ def known_nonzero(observed: ObservedUpdate, boundary: int | None) -> torch.Tenso
     return known
 
 
+def per_round(
+    observed: ObservedUpdate, victim: Victim, attack: Callable[[ObservedUpdate, Victim], AttackResult]
+) -> list[AttackResult]:
+    """`attack` on each round's message alone, under that round's global model (one message: itself)."""
+    return [attack(observed.round(r), observed.victim_at(victim, r)) for r in range(observed.rounds)]
+
+
 def seeded(seed: int, *tags: str | int) -> torch.Generator:
     """A CPU generator seeded for one purpose of a trial's attack, e.g. `seeded(seed, "init", "dlg", 0)`."""
     return torch.Generator().manual_seed(derive_seed(seed, *tags))

@@ -54,16 +54,16 @@ def lbfgs_inversion(
             hard = torch.nn.functional.one_hot(fixed, classes).to(norm.dtype) if runs.z0 is not None else fixed
             support = runs.support if bool(runs.support.any()) else None  # no support run: the plain objective
 
-            def one(p: torch.Tensor, target, weight, s, y_fixed, is_soft, by_support) -> torch.Tensor:
+            def one(p: torch.Tensor, target, weight, s, y_fixed, is_soft, by_support, models) -> torch.Tensor:
                 x = p[:dx].view(shape)
                 y = y_fixed
                 if runs.z0 is not None:  # soft rows optimise softmax(z); the analytic rows' z has no effect
                     y = torch.where(is_soft, p[dx:].view(runs.z0.shape[1:]).softmax(-1), y_fixed)
-                return matching.l2(x, y, target, weight, s, by_support)
+                return matching.l2(x, y, target, weight, s, by_support, models)
 
-            step = matching.step(one, (0, 0, 0, 0, 0, 0, None if support is None else 0))
+            step = matching.step(one, (0, 0, 0, 0, 0, 0, None if support is None else 0, runs.models_dim))
 
-            objective = row_objective(step, (runs.target, runs.weight, scale, hard, soft, support))
+            objective = row_objective(step, (runs.target, runs.weight, scale, hard, soft, support, runs.models))
             start = runs.x0.reshape(rows, -1)
             if runs.z0 is not None:
                 start = torch.cat([start, runs.z0.reshape(rows, -1)], 1)

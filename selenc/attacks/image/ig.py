@@ -26,9 +26,9 @@ def ig_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResult]:
             norms = runs.target.norm(dim=1)
             support = runs.support if bool(runs.support.any()) else None  # no support run: the plain objective
             tv = torch.tensor([cfg.tv[c] for c in runs.config], dtype=norms.dtype, device=norms.device)
-            step = matching.step(matching.cosine, (0, 0, 0, 0, 0, 0, None if support is None else 0))
-            x, _, trace = signed_adam(
-                step, runs.x0, (runs.labels, runs.target, runs.weight, norms, tv, support), cfg.steps, cfg.lr
-            )
+            dims = (0, 0, 0, 0, 0, 0, None if support is None else 0, runs.models_dim)
+            step = matching.step(matching.cosine, dims)
+            args = (runs.labels, runs.target, runs.weight, norms, tv, support, runs.models)
+            x, _, trace = signed_adam(step, runs.x0, args, cfg.steps, cfg.lr)
     labels = None if runs is None else runs.labels
     return collect_results(runs, priors, x, labels, trace, timer.seconds, (observed, victim, threat_models, "cosine"))

@@ -56,7 +56,18 @@ def recover_labels(observed: ObservedUpdate, victim: Victim, seed: int, probes: 
     entries of the row when the bias is hidden; a class with nothing visible counts 0.5 (unknown). Ties, as when
     everything is encrypted (the prior), are broken by a seeded random order. FedAvg updates θ_0 − θ_k are divided
     by local_lr·local_steps (first order). Repeated labels are estimated, never proven.
+
+    Over rounds (the same batch every round) the labels are read from the round that shows the most of the last layer,
+    under that round's global model.
     """
+    if observed.rounds > 1:
+        weight, bias = last_layer(observed.round(0), observed.public.num_classes)
+        names = [weight] if bias is None else [weight, bias]
+        spans = [observed.layout.span(name) for name in names]
+        views = [observed.round(r) for r in range(observed.rounds)]
+        shown = [sum(int((~v.mask[span]).sum()) for span in spans) for v in views]
+        best = shown.index(max(shown))
+        return recover_labels(views[best], observed.victim_at(victim, best), seed, probes)
     info = observed.public
     num_classes, batch = info.num_classes, info.batch_size
     weight, bias = last_layer(observed, num_classes)

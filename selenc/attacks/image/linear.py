@@ -45,6 +45,10 @@ With no features read a run falls back to the gradient distance alone with match
 `matching`, including its support objective when only zeros are visible), and a trial with nothing visible at all
 returns its seeded prior (`info["blind"]`).
 
+**Over rounds** (`ObservedUpdate.rounds` > 1) each round's last layer is read under that round's global model, and the
+round that shows the most features (an exact reading first) supplies them, its model computing f(x); the gradient
+distance runs over every round (`matching`'s joint objective). `info["feature_round"]` says which round.
+
 `info` adds: `features` (exact / direction / mixed / none), `features_known` (known features summed over the batch's
 samples), `exact` (batch 1 with a scaled reading: the features are the client's, to round-off) and `labels_from`.
 """
@@ -61,7 +65,8 @@ from selenc.attacks.image.adam import signed_adam
 from selenc.attacks.image.labels import last_layer
 from selenc.attacks.image.matching import Matching, collect_results, prepare_runs, row_objective, total_variation
 from selenc.attacks.lbfgs import lbfgs
-from selenc.models import Victim, module_input
+from selenc.gradients import FlatLayout
+from selenc.models import Batch, Victim, module_input
 from selenc.observed import ObservedUpdate
 
 ALS_ITERATIONS = 50  # alternating least squares sweeps of the rank-1 fit (exact data converges in one or two)
@@ -81,10 +86,30 @@ class Reading:
         return int(self.known.sum())
 
 
-def layer_input(victim: Victim, layer: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x (B, C, H, W) -> the input (B, d) of `layer` in the victim's forward (`models.module_input`: the forward stops
-    there); works under `torch.func` transforms."""
-    return lambda x: module_input(layer, lambda: victim.model(x)).flatten(1)
+def layer_input(victim: Victim, layer: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """(x (B, C, H, W), weights=None) -> the input (B, d) of `layer` in the victim's forward (`models.module_input`:
+    the forward stops there), under the flat `weights` (another round's model) when given; works under `torch.func`
+    transforms."""
+    layout = FlatLayout.of(victim.model)
+
+    def features(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        params = None if weights is None else layout.unflatten(weights)
+        return module_input(layer, lambda: victim.logits(Batch(x, None), params)).flatten(1)
+
+    return features
+
+
+def best_reading(
+    observed: ObservedUpdate, victim: Victim, threat_model: str, labels: torch.Tensor, seed: int
+) -> tuple[Reading, int]:
+    """The features read (`read_features`) from the round that shows the most of them, an exact reading first, and
+    that round (one message: round 0)."""
+    best, pick = None, 0
+    for r in range(observed.rounds):
+        reading = read_features(observed.round(r), observed.victim_at(victim, r), threat_model, labels, seed)
+        if best is None or (reading.kind == "exact", reading.count) > (best.kind == "exact", best.count):
+            best, pick = reading, r
+    return best, pick
 
 
 def _non_negative(victim: Victim, layer: torch.nn.Module, shape: tuple[int, ...], seed: int) -> bool:
@@ -190,17 +215,20 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
     signed Adam on the feature distance + match · gradient distance + TV."""
     with Timer() as timer:
         runs, priors = prepare_runs(observed, victim, cfg, threat_models, seeds, "linear", configs=len(cfg.match))
-        readings: dict[int, Reading] = {}
+        readings: dict[int, tuple[Reading, int]] = {}
         x = None
         trace: list[torch.Tensor] = []
         if runs is not None:
             device, dtype = runs.x0.device, runs.x0.dtype
             for r, trial in enumerate(runs.trial):
                 if trial not in readings:
-                    readings[trial] = read_features(
+                    readings[trial] = best_reading(
                         observed[trial], victim, threat_models[trial], runs.labels[r].cpu(), seeds[trial]
                     )
-            per_run = [readings[t] for t in runs.trial]
+            per_run = [readings[t][0] for t in runs.trial]
+            models = None  # the model each run's features are computed under (one message: the victim's)
+            if runs.models is not None:
+                models = torch.stack([runs.models[r, readings[t][1]] for r, t in enumerate(runs.trial)])
             feats = torch.stack([rd.values for rd in per_run]).to(device, dtype)
             known = torch.stack([rd.known for rd in per_run]).to(device, dtype)
             scaled = torch.stack([rd.scaled for rd in per_run]).to(device)
@@ -214,44 +242,47 @@ def linear_batch(observed, victim, cfg, threat_models, seeds) -> list[AttackResu
             weight_name, _ = last_layer(observed[0], observed[0].public.num_classes)
             features = layer_input(victim, victim.model.get_submodule(weight_name.rsplit(".", 1)[0]))
 
-            def feature_term(x, feat, kn, sc, hs) -> torch.Tensor:
-                f = features(x) * kn
+            def feature_term(x, feat, kn, sc, hs, fm) -> torch.Tensor:
+                f = features(x, fm) * kn
                 l2 = (f - feat).square().sum(-1) / feat.square().sum(-1).clamp_min(1e-30)
                 cos = 1.0 - (f * feat).sum(-1) / (f.norm(dim=-1) * feat.norm(dim=-1)).clamp_min(1e-30)
                 return (torch.where(sc, l2, cos) * hs).sum() / hs.sum().clamp_min(1.0)
 
             support_dim = None if support is None else 0
             feature_args = (feats, known, scaled, has, match)
+            rounds_args, rounds_dims = (support, models, runs.models), (support_dim, *(runs.models_dim,) * 2)
             if choose_optimiser(cfg, victim) == "adam":
 
-                def objective(x, y, target, weight, norm, feat, kn, sc, hs, mw, by_support=None):
+                def objective(x, y, target, weight, norm, feat, kn, sc, hs, mw, by_support, fm, gm):
                     tv = cfg.tv / mw  # matching.cosine adds tv·TV inside the weighted term
-                    return feature_term(x, feat, kn, sc, hs) + mw * matching.cosine(
-                        x, y, target, weight, norm, tv, by_support
+                    return feature_term(x, feat, kn, sc, hs, fm) + mw * matching.cosine(
+                        x, y, target, weight, norm, tv, by_support, gm
                     )
 
-                step = matching.step(objective, (0,) * 10 + (support_dim,))
-                args = (runs.labels, runs.target, runs.weight, norms, *feature_args, support)
+                step = matching.step(objective, (0,) * 10 + rounds_dims)
+                args = (runs.labels, runs.target, runs.weight, norms, *feature_args, *rounds_args)
                 x, _, trace = signed_adam(step, runs.x0, args, cfg.steps, cfg.lr)
             else:
                 scale = torch.where(norms > 0, 1.0 / norms.square(), torch.ones_like(norms))
                 shape = runs.x0.shape[1:]
 
-                def smooth(p, y, target, weight, s, feat, kn, sc, hs, mw, by_support=None):
+                def smooth(p, y, target, weight, s, feat, kn, sc, hs, mw, by_support, fm, gm):
                     x = p.view(shape)
-                    value = feature_term(x, feat, kn, sc, hs) + mw * matching.l2(x, y, target, weight, s, by_support)
-                    return value + cfg.tv_lbfgs * total_variation(x)
+                    gradient = matching.l2(x, y, target, weight, s, by_support, gm)
+                    return feature_term(x, feat, kn, sc, hs, fm) + mw * gradient + cfg.tv_lbfgs * total_variation(x)
 
-                step = matching.step(smooth, (0,) * 10 + (support_dim,))
-                objective = row_objective(step, (runs.labels, runs.target, runs.weight, scale, *feature_args, support))
+                step = matching.step(smooth, (0,) * 10 + rounds_dims)
+                args = (runs.labels, runs.target, runs.weight, scale, *feature_args, *rounds_args)
+                objective = row_objective(step, args)
                 flat, _, steps = lbfgs(objective, runs.x0.reshape(len(runs.trial), -1), cfg.steps, lr=1.0)
                 x, trace = flat.view(runs.x0.shape), list(steps)
     measure = "cosine" if choose_optimiser(cfg, victim) == "adam" else "l2"
     labels = None if runs is None else runs.labels
     results = collect_results(runs, priors, x, labels, trace, timer.seconds, (observed, victim, threat_models, measure))
     for i, result in enumerate(results):
-        reading = readings.get(i)
+        reading, feature_round = readings.get(i, (None, 0))
         result.info.update(
+            feature_round=feature_round,
             features=reading.kind if reading else "none",
             features_known=reading.count if reading else 0,
             exact=bool(reading and reading.kind == "exact" and threat_models[i] == "mask_aware"),

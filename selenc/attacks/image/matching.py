@@ -24,7 +24,7 @@ import torch
 from selenc.attacks.base import AttackResult, known_nonzero, mask_boundary, seeded
 from selenc.attacks.image.labels import recover_labels
 from selenc.attacks.lbfgs import Objective
-from selenc.gradients import batch_update, client_update
+from selenc.gradients import batch_update
 from selenc.models import Batch, Victim
 from selenc.observed import ObservedUpdate, PublicInfo
 from selenc.settings import THREAT_MODELS
@@ -55,6 +55,12 @@ class Runs:
     target: torch.Tensor  # (R, n) the zero-filled observed update
     weight: torch.Tensor  # (R, n) 1 where the attacker compares the coordinate, −1 hidden and known non-zero, else 0
     support: torch.Tensor  # (R,) bool: the run matches the support (every compared value 0), not the values
+    models: torch.Tensor | None = None  # (R, rounds, n_model) each round's public global model; None: one message
+
+    @property
+    def models_dim(self) -> int | None:
+        """`vmap`'s in_dim of `models` (None: one message, nothing to map)."""
+        return None if self.models is None else 0
 
 
 class Matching:
@@ -62,19 +68,24 @@ class Matching:
     and `step`, an objective's value and input gradient on the rows of a batch's runs.
 
     With several rows the update is written with torch.func (`gradients.batch_update`) and `step` vmaps it; with one
-    row (a lone trial, one restart) it is plain autograd (`gradients.client_update` with the graph kept) and `step`
+    row (a lone trial, one restart) it is plain autograd (`ObservedUpdate.sent` with the graph kept) and `step`
     backpropagates once through it: the same values, without the per-call cost of the functional transforms."""
 
     def __init__(self, victim: Victim, observed: ObservedUpdate, rows: int):
         self.functional = rows > 1
-        self._victim, self._cfg = victim, observed.public.update
-        self._update = batch_update(victim, self._cfg) if self.functional else None
+        self.rounds = observed.rounds
+        self._victim, self._observed = victim, observed
+        self._update = batch_update(victim, observed.public.update) if self.functional else None
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The flat update a client with inputs x and labels y (ids or probabilities) would send."""
-        if self.functional:
+    def update(self, x: torch.Tensor, y: torch.Tensor, models: torch.Tensor | None = None) -> torch.Tensor:
+        """The flat update a client with inputs x and labels y (ids or probabilities) would send; over rounds, its R
+        updates under `models` (the row's (R, n) global models), stacked."""
+        if not self.functional:  # one row: its trial's own view
+            return self._observed.sent(self._victim, Batch(x, y), create_graph=True)
+        if models is None:
             return self._update(Batch(x, y))
-        return client_update(self._victim, Batch(x, y), self._cfg, create_graph=True)
+        batch = Batch(x, y)
+        return torch.func.vmap(lambda weights: self._update(batch, weights))(models).reshape(-1)
 
     def step(self, objective: Callable[..., torch.Tensor], in_dims: tuple) -> Callable[..., tuple]:
         """`(points (r, ...), *args) -> (input gradients, values)` of `objective(point, *row_args)` on every row;
@@ -91,16 +102,24 @@ class Matching:
 
         return step
 
-    def l2(self, x, y, target, weight, scale, support=None) -> torch.Tensor:
-        g = self.update(x, y)
+    def l2(self, x, y, target, weight, scale, support=None, models=None) -> torch.Tensor:
+        """scale · ‖w ⊙ (g − t)‖² (over rounds: the rounds' squared distances summed), or the support objective."""
+        g = self.update(x, y, models)
         value = ((g - target).square() * weight).sum() * scale
         return value if support is None else torch.where(support, self.support_share(g, weight), value)
 
-    def cosine(self, x, y, target, weight, target_norm, tv, support=None) -> torch.Tensor:
-        full = self.update(x, y)
+    def cosine(self, x, y, target, weight, target_norm, tv, support=None, models=None) -> torch.Tensor:
+        """1 − cos(w ⊙ g, t) + tv · TV(x); over rounds the rounds' cosine distances averaged (`target_norm` is then
+        recomputed per round)."""
+        full = self.update(x, y, models)
         g = full * weight
-        # a sum, not a dot: vmap turns a dot into a batched product with naive float32 accumulation
-        value = 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target_norm.clamp_min(1e-30))
+        if self.rounds == 1:
+            # a sum, not a dot: vmap turns a dot into a batched product with naive float32 accumulation
+            value = 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target_norm.clamp_min(1e-30))
+        else:
+            g, t = g.view(self.rounds, -1), target.view(self.rounds, -1)
+            norms = g.norm(dim=1).clamp_min(1e-12) * t.norm(dim=1).clamp_min(1e-30)
+            value = (1.0 - (g * t).sum(1) / norms).mean()
         if support is not None:
             value = torch.where(support, self.support_share(full, weight), value)
         return value + tv * total_variation(x)
@@ -135,7 +154,10 @@ def compared(obs: ObservedUpdate, threat_model: str, device) -> tuple[torch.Tens
         weight = torch.ones_like(target)
     else:
         weight = (~obs.mask).to(device=device, dtype=target.dtype)
-    known = known_nonzero(obs, mask_boundary(obs)).to(device) if threat_model == "mask_aware" else None
+    known = None
+    if threat_model == "mask_aware":  # each round's mask read on its own
+        views = [obs.round(r) for r in range(obs.rounds)]
+        known = torch.cat([known_nonzero(v, mask_boundary(v)) for v in views]).to(device)
     support = bool(weight.any()) and not bool((target * weight).any()) and known is not None and bool(known.any())
     if support:
         weight = weight - known.to(weight.dtype)
@@ -158,13 +180,13 @@ def observed_distance(
     target, weight, support = compared(observed, threat_model, device)
     dtype = next(victim.model.parameters()).dtype
     with torch.enable_grad():
-        full = client_update(victim, Batch(images.to(device, dtype), labels.to(device)), observed.public.update)
+        full = observed.sent(victim, Batch(images.to(device, dtype), labels.to(device)))
     full = full.to(target.dtype)
     if support:
         value = Matching.support_share(full, weight)
-    elif measure == "cosine":
-        g = full * weight
-        value = 1.0 - (g * target).sum() / (g.norm().clamp_min(1e-12) * target.norm().clamp_min(1e-30))
+    elif measure == "cosine":  # over rounds: the rounds' cosine distances averaged, as the attack's objective
+        g, t = (full * weight).view(observed.rounds, -1), target.view(observed.rounds, -1)
+        value = (1.0 - (g * t).sum(1) / (g.norm(dim=1).clamp_min(1e-12) * t.norm(dim=1).clamp_min(1e-30))).mean()
     else:
         value = ((full - target).square() * weight).sum() / target.square().sum().clamp_min(1e-30)
     value = float(value)
@@ -207,7 +229,7 @@ def prepare_runs(
                 result.info = {"blind": True, "restart_losses": [], "batch": len(observed)}
                 continue
             for c in range(configs):  # every configuration from the same init: they differ by the knob alone
-                runs.append((i, c, x0, z0, analytic, target, weight, torch.tensor(support)))
+                runs.append((i, c, x0, z0, analytic, target, weight, torch.tensor(support), obs.weights))
     if not runs:
         return None, priors
     cols = list(zip(*runs, strict=True))

@@ -31,6 +31,10 @@ vector. A span of rank near its coordinate count (B·T close to d) decides nothi
 the attack falls back to `token_leakage` (what the embedding gradients and the mask give away) and says so in
 `info["fallback"]`. The labels come from `reading.label_candidates`, the closest candidate on the recovered sentences
 winning.
+
+**Over rounds** (`ObservedUpdate.rounds` > 1) each round's blocks are read under that round's global model; the
+answer is the round whose span check recovered the most tokens (`info["round"]`), and when no round's block 0 is
+usable, `token_leakage` over every round.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from selenc.attacks.base import AttackResult, Timer
+from selenc.attacks.base import AttackResult, Timer, per_round
 from selenc.attacks.text.objective import closest_labels
 from selenc.attacks.text.reading import SeenRows, frame, label_candidates, strip
 from selenc.attacks.text.token_leakage import token_leakage
@@ -169,7 +173,18 @@ def dager(
     """Analytic: each position's tokens from block 0's gradient span, sorted into sentences by block 1's; the
     embedding-gradient reading (`token_leakage`) when block 0 shows nothing usable."""
     with Timer() as timer:
-        result = _read_sentences(observed, victim, cfg, threat_model, seed)
+        if observed.rounds == 1:
+            result = _read_sentences(observed, victim, cfg, threat_model, seed)
+        else:
+            results = per_round(observed, victim, lambda o, v: _read_sentences(o, v, cfg, threat_model, seed))
+            read = [r for r, result in enumerate(results) if result.info["fallback"] is None]
+            if read:
+                r = max(read, key=lambda r: (sum(map(len, results[r].token_ids)), -r))
+                result = results[r]
+                result.info["round"] = r
+            else:
+                result = token_leakage(observed, victim, cfg, threat_model, seed)
+                result.info = {"fallback": "token_leakage", "block0": "no round usable"} | result.info
     result.seconds = timer.seconds  # the span check's time counts for the fallback too
     return result
 

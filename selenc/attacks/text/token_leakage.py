@@ -6,13 +6,17 @@ fully hidden rows the mask does not explain are unknown and not reported. Counts
 B = 1 with the position rows and the leaked word rows visible (checked by the residual); else the answer is the set,
 one copy per token, given to every sample (the set cannot be attributed to samples). With the whole sentence known
 and several label candidates left, each candidate's update is compared with the observed one and the closest wins.
+
+Over rounds (`ObservedUpdate.rounds` > 1) each round is read under its own global model and the readings combine: a
+token leaked in any round is in the batch (the client's data do not change), and a round that gives the whole
+sentence (B = 1, ordered) gives it for all (`info["round"]`; None: the union of the rounds' sets).
 """
 
 from __future__ import annotations
 
 import torch
 
-from selenc.attacks.base import AttackResult, Timer
+from selenc.attacks.base import AttackResult, Timer, per_round
 from selenc.attacks.text.objective import closest_labels
 from selenc.attacks.text.reading import (
     SeenRows,
@@ -31,6 +35,8 @@ def token_leakage(
 ) -> AttackResult:
     """Analytic: the batch's token set from the non-zero token-embedding rows; at B = 1 the full sentence when the
     position decomposition is exact (then also the label, by testing each candidate on the recovered sentence)."""
+    if observed.rounds > 1:
+        return _over_rounds(observed, victim, cfg, threat_model, seed)
     with Timer() as timer:
         reader = SeenRows(observed, threat_model)
         batch = observed.public.batch_size
@@ -64,3 +70,23 @@ def token_leakage(
             "label_source": label_source,
         },
     )
+
+
+def _over_rounds(observed: ObservedUpdate, victim: Victim, cfg, threat_model: str, seed: int) -> AttackResult:
+    """Every round's reading combined: the first round with the whole sentence, else the union of the token sets (the
+    first round's labels)."""
+    with Timer() as timer:
+        results = per_round(observed, victim, lambda o, v: token_leakage(o, v, cfg, threat_model, seed))
+        ordered = [r for r, result in enumerate(results) if result.info["ordered"]]
+        if ordered:
+            best = results[ordered[0]]
+            best.info["round"] = ordered[0]
+        else:
+            bag = sorted(set().union(*(result.info["leaked_ids"] for result in results)))
+            token_ids = [list(bag) for _ in range(observed.public.batch_size)]
+            best = results[0]
+            best.token_ids, best.texts = token_ids, [victim.tokenizer.decode(ids) for ids in token_ids]
+            best.info |= {"round": None, "leaked_tokens": len(bag), "leaked_ids": bag}
+        best.info["leaked_per_round"] = [result.info["leaked_tokens"] for result in results]
+    best.seconds = timer.seconds
+    return best
