@@ -75,6 +75,32 @@ def updates_vs_ratio(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
     return _success_lines(data, "success", label, title, hue="update", col="metric")
 
 
+def rounds_paired(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
+    """The strongest attacker's success per sample with one round and with several under each mask policy, a panel
+    per masked cell run over several rounds, each sample's line joining its updates (`rows`: `stats.update_rows`);
+    None when `arch` ran no cell over several rounds."""
+    _, label = success_column(arch)
+    data = rows[(rows.arch == arch) & (rows.ratio > 0) & (rows.ratio < 1)]
+    cells = sorted({(m, r) for m, r in data.loc[data.rounds > 1, ["metric", "ratio"]].itertuples(index=False)})
+    if not cells:
+        return None
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+    for ax, (metric, ratio) in zip(axes[0], cells, strict=True):
+        cell = data[(data.metric == metric) & (data.ratio == ratio)]
+        order = sorted(cell["update"].unique(), key=lambda u: (" R=" in u, u))  # one round first
+        wide = cell.pivot_table(index=["init", "trial"], columns="update", values="success")[order]
+        x = np.arange(len(order))
+        for _, sample in wide.iterrows():
+            ax.plot(x, sample.to_numpy(), color="0.6", marker="o", lw=1)
+        ax.plot(x, wide.median().to_numpy(), color="C3", marker="D", lw=2, label="median")
+        ax.set_xticks(x, [u.replace(" R=", "\nR=") for u in order], fontsize=8)
+        ax.set(title=f"{metric}, ρ={ratio:g} ({len(wide)} samples)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{arch}: the strongest attacker over rounds, same clients (lower = better protected)")
+    fig.tight_layout()
+    return fig
+
+
 def he_cost_vs_ratio(table: pd.DataFrame, arch: str) -> plt.Figure:
     """Measured CKKS cost per client upload vs ratio: encryption seconds and MB on the wire."""
     cost = table.groupby("ratio")[["he_encrypt_s", "he_bytes", "he_ciphertexts"]].first().reset_index()

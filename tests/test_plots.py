@@ -96,3 +96,18 @@ def test_updates_vs_ratio_draws_one_line_per_update_on_the_cells_they_share(para
     lines = {tuple(ln.get_ydata().tolist()) for ln in fig.axes[0].lines if len(ln.get_xdata())}
     assert lines == {(40.0, 20.0), (18.0, 12.0)}  # ρ = 0.6 ran under batch 1 only: not drawn
     assert plots.updates_vs_ratio(stats.update_rows(one, params.guidelines), "lenet") is None
+
+
+def test_rounds_paired_joins_each_samples_one_round_to_its_rounds(params):
+    one = pd.DataFrame(rows("dlg", "magnitude", {0.0: 40.0, 0.3: [10.0, 11.0, 12.0, 13.0, 14.0]}))
+    federation = {"rounds": 4, "clients": 4, "server_lr": 1.0}
+    fresh = pd.DataFrame(rows("dlg", "magnitude", {0.3: [30.0, 31.0, 32.0, 33.0, 34.0]})).assign(**federation)
+    frozen = pd.DataFrame(rows("dlg", "magnitude", {0.3: 20.0})).assign(mask_policy="frozen", **federation)
+    data = stats.update_rows(pd.concat([one, fresh, frozen], ignore_index=True), params.guidelines)
+    fig = plots.rounds_paired(data, "lenet")
+    (ax,) = fig.axes
+    lines = [tuple(ln.get_ydata().tolist()) for ln in ax.lines]
+    assert (10.0, 30.0, 20.0) in lines and (14.0, 34.0, 20.0) in lines and (12.0, 32.0, 20.0) in lines  # the median
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["fedsgd B=1", "fedsgd B=1\nR=4 fresh", "fedsgd B=1\nR=4 frozen"]
+    assert plots.rounds_paired(stats.update_rows(one, params.guidelines), "lenet") is None
