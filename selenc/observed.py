@@ -56,6 +56,8 @@ class ObservedUpdate:
     # (R, layout.n): each round's public global model, the R rounds' coordinates stacked in `visible` and `mask`;
     # None: one message, at the model's own weights
     weights: torch.Tensor | None = None
+    # each round's public facts (how its mask was chosen, `rounds.round_masks`); None: `public` for every round
+    publics: tuple[PublicInfo, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.weights is not None and (self.weights.ndim != 2 or self.weights.shape[1] != self.layout.n):
@@ -88,7 +90,8 @@ class ObservedUpdate:
             raise ValueError("of_rounds needs one one-round view of the same model per round's weights")
         visible = torch.cat([o.visible for o in rounds])
         mask = torch.cat([o.mask for o in rounds])
-        return cls(visible, mask, first.layout, first.public, weights.detach().cpu().clone())
+        publics = tuple(o.public for o in rounds)
+        return cls(visible, mask, first.layout, first.public, weights.detach().cpu().clone(), publics)
 
     @property
     def n(self) -> int:
@@ -109,7 +112,8 @@ class ObservedUpdate:
         mask = self.mask[r * n : (r + 1) * n]
         before = int((~self.mask[: r * n]).sum())
         visible = self.visible[before : before + int((~mask).sum())]
-        return ObservedUpdate(visible, mask.clone(), self.layout, self.public)
+        public = self.public if self.publics is None else self.publics[r]
+        return ObservedUpdate(visible, mask.clone(), self.layout, public)
 
     def victim_at(self, victim: Victim, r: int) -> Victim:
         """`victim` at round r's global model (a copy; the victim itself when there are no rounds)."""

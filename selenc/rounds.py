@@ -79,3 +79,15 @@ def round_masks(policy: str, fresh: Callable[[int], torch.Tensor], rounds: int) 
     elif policy not in ("fresh", "consensus"):
         raise ValueError(f"unknown mask policy {policy!r}; allowed: fresh, frozen, union, consensus")
     return masks
+
+
+def round_rule(policy: str, r: int, metric: str, mask_source: str) -> tuple[str | None, str]:
+    """How round r's mask was chosen, as the server knows it (a public fact of the protocol, `observed.PublicInfo`):
+    (metric, mask source). Fresh: the round's own top-k of `metric` over `mask_source`'s scores; consensus: over the
+    round's clients' summed scores (shared); frozen and union after round 0: not from this round's scores alone, so
+    the mask says nothing about this round's support (metric None) and the attacker reads it from round 0's view."""
+    if policy == "consensus":
+        return metric, "shared"
+    if policy in ("frozen", "union") and r > 0:
+        return None, mask_source
+    return metric, mask_source

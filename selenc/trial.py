@@ -30,7 +30,7 @@ from selenc.metrics import image_scores, text_scores
 from selenc.models import Batch, Victim, client_targets, init_tags, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
-from selenc.rounds import federated_run, peer_batches, round_masks
+from selenc.rounds import federated_run, peer_batches, round_masks, round_rule
 from selenc.selection import decoy_key, make_mask
 from selenc.settings import Params, derive_seed
 from selenc.significance import ClientView, client_scores
@@ -92,10 +92,10 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
             return _mask(trial, params, run.victims[r], batch, run.updates[r], seed, voters)
 
         masks = round_masks(update_cfg.mask_policy, fresh, update_cfg.rounds)
-        views = [
-            observe(v, u, m, len(batch), update_cfg, metric, trial.mask_source, trial.ties)
-            for v, u, m in zip(run.victims, run.updates, masks, strict=True)
-        ]
+        views = []
+        for r, (v, u, m) in enumerate(zip(run.victims, run.updates, masks, strict=True)):
+            chosen_by, source = round_rule(update_cfg.mask_policy, r, metric, trial.mask_source)
+            views.append(observe(v, u, m, len(batch), update_cfg, chosen_by, source, trial.ties))
         observed, update = ObservedUpdate.of_rounds(views, run.weights), run.updates[0]
     # φ(S): the protected share of the distance-based significance (computed on the client's side, theory.md)
     s = sample_significance(ClientView(victim, batch, update, update_cfg, params.significance, seed), cfg.dataset)

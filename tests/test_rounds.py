@@ -141,3 +141,18 @@ def test_multi_round_grids_are_refused_where_nothing_can_run_them(raw):
     raw["update"]["rounds"] = 2
     with pytest.raises(ConfigError, match=r"^params: update\.rounds: 2, but the theory stage checks one message"):
         parse_params(raw)
+
+
+def test_each_rounds_view_says_how_its_mask_was_chosen_and_the_rounds_token_set_holds_one_rounds(small, victims):
+    """A frozen (or union) mask after round 0 was not chosen from that round's scores: reading it as that round's
+    support would call every hidden row a token. Token leakage over frozen rounds finds one round's tokens, no more."""
+    victim = victims["gpt2"]
+    point = {"arch": "gpt2", "attack": "token_leakage", "metric": "embedding_rows", "ratio": 0.2}
+    one = trial_mod.prepare(grid_point(**point), small, victim)
+    frozen = trial_mod.prepare(rounds_point(3, "frozen", **point), small, victim)
+    assert [frozen.observed.round(r).public.metric for r in range(3)] == ["embedding_rows", None, None]
+    consensus = trial_mod.prepare(rounds_point(2, "consensus", **point), small, victim)
+    assert {consensus.observed.round(r).public.mask_source for r in range(2)} == {"shared"}
+    alone, joint = (ATTACKS["token_leakage"](p.observed, victim, None) for p in (one, frozen))
+    assert joint.info["leaked_per_round"][0] == alone.info["leaked_tokens"] > 0
+    assert set(joint.info["leaked_ids"]) == set(alone.info["leaked_ids"])
