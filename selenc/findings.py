@@ -353,12 +353,11 @@ def rounds_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
     for arch in archs:
         _, label = success_column(arch)
         for cell, per_update in (metrics[arch].get("rounds") or {}).items():
-            one = next((e for e in per_update.values() if e["rounds"] == 1), None)
             parts = []
             for update, e in per_update.items():
                 if e["rounds"] == 1:
                     continue
-                held = []
+                held, one = [], per_update.get(e["one_round"])
                 for name, level in cfg.levels.items():
                     v = e[name]
                     verdict = "protects" if v["low"] >= level.min_protected else "does not protect"

@@ -362,10 +362,10 @@ def update_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
 def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
     """What combining rounds changes, per architecture and masked cell ("<metric> <ratio>") that ran several rounds,
     for the strongest attacker of the rows the guidelines read: per update of the cell (`update` label; the one-round
-    update of the same clients first) its samples, median success with the bootstrap interval, per level the
-    protected samples with their Wilson interval, the HE megabytes of the whole run (median over samples) and, for
-    several rounds, the paired gap to one round on the same samples (success with R rounds minus with one, per
-    sample; positive: the rounds leak more), with the exact Wilcoxon p."""
+    updates of the same clients first, `one_round` naming each update's) its samples, median success with the
+    bootstrap interval, per level the protected samples with their Wilson interval, the HE megabytes of the whole run
+    (median over samples) and, for several rounds, the paired gap to one round on the same samples (success with R
+    rounds minus with one, per sample; positive: the rounds leak more), with the exact Wilcoxon p."""
     strong = update_rows(table, cfg)
     strong = strong[(strong.ratio > 0) & (strong.ratio < 1)]
     out: dict[str, dict[str, dict]] = {}
@@ -373,7 +373,7 @@ def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
         several = cell[cell.rounds > 1]
         if several.empty:
             continue
-        single = cell[cell.rounds == 1]
+        single = cell[cell["update"].isin({_one_round(label) for label in several["update"]})]
         entry = {}
         for label, group in [*single.groupby("update"), *several.groupby("update")]:
             per = group.set_index(SAMPLE)
@@ -384,7 +384,7 @@ def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
                 k = int(per[f"protected_{name}"].sum())
                 share_low, share_high = wilson(k, len(per))
                 row[name] = {"protected": k, "low": share_low, "high": share_high}
-            row["gap"] = None
+            row["gap"], row["one_round"] = None, _one_round(label)
             base = single[single["update"] == _one_round(label)].set_index(SAMPLE).success
             if row["rounds"] > 1 and len(base):
                 diff = (per.success - base).dropna().to_numpy()

@@ -259,10 +259,12 @@ def test_rounds_effect_pairs_each_policy_against_one_round_on_the_same_samples(p
         for attack, bump in (("dlg", -5.0), ("linear", 0.0)):
             part = rows(attack, "magnitude", {0.3: [p + bump for p in psnr]})
             table += [r | federation | change | {"he_bytes_run": rounds * r["he_bytes"]} for r in part]
+    table += [r | {"batch_size": 4} for r in rows("dlg", "magnitude", {0.3: 9.0})]  # no rounds of its own
     effect = stats.rounds_effect(pd.DataFrame(table), params.guidelines)
     cell = effect["lenet"]["magnitude 0.3"]
     assert list(cell) == ["fedsgd B=1", "fedsgd B=1 R=4 fresh", "fedsgd B=1 R=4 frozen"]
     one, fresh, frozen = cell.values()
+    assert fresh["one_round"] == one["one_round"] == "fedsgd B=1"
     assert one["gap"] is None and one["median"] == 22.0 and one["he_mb_run"] == pytest.approx(305e-6)
     assert fresh["median"] == 32.0 and fresh["he_mb_run"] == pytest.approx(4 * 305e-6)
     assert fresh["gap"]["median"] == 10.0 and fresh["gap"]["n_samples"] == 5
