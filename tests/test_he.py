@@ -170,8 +170,8 @@ def test_observed_view_holds_visible_values_only(params, lenet, client, updates)
     assert seen.visible.numel() == update.numel() - int(mask.sum())
     assert seen.public == public
     # what the server sees, and the public models of a run's rounds (one message: none)
-    assert {f.name for f in dataclasses.fields(seen)} == {"visible", "mask", "layout", "public", "weights"}
-    assert seen.weights is None
+    assert {f.name for f in dataclasses.fields(seen)} == {"visible", "mask", "layout", "public", "weights", "publics"}
+    assert seen.weights is None and seen.publics is None
     assert not any(isinstance(v, bytes) for v in dataclasses.asdict(seen.public).values())  # no ciphertext inside
     with pytest.raises(he.HEError, match="layout has n="):
         enc.observed(FlatLayout(("w",), ((10,),), (0, 10)), public)
