@@ -46,7 +46,7 @@ def measure(params, arch: str, batch: int, trials: int, device: torch.device) ->
     name = MAIN_ATTACK[arch]
     cfg = params.attacks.of(name)
     victim = build_victim(arch, params, device=device)
-    dataset = getattr(params.models, arch).dataset
+    dataset = params.models[arch].dataset
     pool = data.TARGET_POOL[dataset]
     observed = [observe_client(victim, target_batch(victim, dataset, [i % pool]), params.update) for i in range(trials)]
     BATCHED[name](observed[:1], victim, cfg.model_copy(update={"steps": 2}) if cfg else cfg, ["mask_aware"], [0])

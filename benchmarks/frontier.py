@@ -20,12 +20,13 @@ import pandas as pd
 from selenc.config import load_params
 from selenc.frontier import groups_of, probe_trials
 from selenc.grid import distinct
+from selenc.results import frontier_tables
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def fixed_grid_trials(params, arch: str) -> int:
-    spec = getattr(params.frontier, arch)
+    spec = params.frontier.grid(arch)
     groups = groups_of(params, arch)
     samples = range(params.frontier.n_max)
     return len(distinct([t for g in groups for r in spec.grid() for t in probe_trials(params, arch, g, r, samples)]))
@@ -45,10 +46,11 @@ def main() -> None:
             print(f"(no {metrics_path}: run `python -m selenc.frontier --arch {arch}` first)")
             continue
         spent = json.loads(metrics_path.read_text())["trials"]
-        probes = pd.read_csv(args.reports / "results" / f"frontier_{arch}_probes.csv")
-        found = pd.read_csv(args.reports / "results" / f"frontier_{arch}.csv")
+        found_csv, probes_csv = frontier_tables(args.reports, arch)
+        probes = pd.read_csv(probes_csv)
+        found = pd.read_csv(found_csv)
         fixed = fixed_grid_trials(params, arch)
-        spec = getattr(params.frontier, arch)
+        spec = params.frontier.grid(arch)
         rows.append(
             {
                 "arch": arch,

@@ -53,7 +53,7 @@ def real_updates(arch: str, raw: dict, clients: int = 2) -> list[torch.Tensor]:
     params = parse_params(raw)
     victim = build_victim(arch, params, torch.device("cpu"))
     if victim.modality == "image":
-        images = data.target_images(getattr(params.models, arch).dataset)
+        images = data.target_images(params.models[arch].dataset)
         batches = [
             victim.image_batch(data.Images(images.images[i : i + 1], images.labels[i : i + 1])) for i in range(clients)
         ]

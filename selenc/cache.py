@@ -104,6 +104,12 @@ def source_fingerprint(name: str) -> str:
     return h.hexdigest()
 
 
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file outside selenc that results depend on: a model builder's (`models.builder_file`), so that
+    editing a user's model file changes its trials' keys."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def key_of(description: dict) -> str:
     """The cache key of a computation described by a JSON-able dict."""
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]

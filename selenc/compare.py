@@ -31,16 +31,16 @@ import pandas as pd
 
 from selenc import cache, stats
 from selenc.config import load_params
-from selenc.results import main_trials, success_column
-from selenc.settings import ARCH_MODALITY, ConfigError, Guidelines, PrivacyLevel
+from selenc.results import main_trials, success_column, sweep_table
+from selenc.settings import ConfigError, Guidelines, PrivacyLevel
 
 
 def read_tables(reports: Path, archs: list[str]) -> pd.DataFrame:
     """The sweeps' results tables, one below the other."""
-    missing = [a for a in archs if not (reports / "results" / f"{a}.csv").is_file()]
+    missing = [a for a in archs if not sweep_table(reports, a).is_file()]
     if missing:
-        raise ConfigError(f"no results table for {', '.join(missing)}: run `python -m selenc.sweep --arch <arch>`")
-    return pd.concat([pd.read_csv(reports / "results" / f"{a}.csv") for a in archs], ignore_index=True)
+        raise ConfigError(f"no results table for {', '.join(missing)}: run `python -m selenc.sweep --arch <name>`")
+    return pd.concat([pd.read_csv(sweep_table(reports, a)) for a in archs], ignore_index=True)
 
 
 def overstated(table: pd.DataFrame, level: str, levels: dict[str, PrivacyLevel]) -> pd.DataFrame:
@@ -74,7 +74,8 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
     """The stage's metrics JSON (see the module docstring); label accuracy and T4 read `results.main_trials`, the
     zero-fill count the privacy level `level`."""
     levels = cfg.levels
-    out: dict = {arch: {} for arch in sorted(table.arch.unique())}
+    modality = table.groupby("arch").modality.first()
+    out: dict = {arch: {"modality": modality[arch]} for arch in sorted(table.arch.unique())}
     for name, (column, better, worse) in stats.GAPS.items():
         gaps = stats.paired_gap(table, column, better, worse, seed).set_index("arch")
         for arch in out:
@@ -105,7 +106,7 @@ def comparison_metrics(table: pd.DataFrame, cfg: Guidelines, level: str, seed: i
         out[arch]["decisive"] = decisive.get(arch)
         unprotected = main_trials(ok[(ok.arch == arch) & (ok.ratio == 0)], cfg)
         out[arch]["label_acc_unprotected"] = _round(unprotected.label_acc.mean()) if len(unprotected) else None
-        col, _ = success_column(arch)
+        col, _ = success_column(out[arch])
         rows = main_trials(table[table.arch == arch], cfg)
         out[arch]["t4_spearman_cells"] = {a: _round(r) for a, r in stats.phi_spearman(rows, col).items()}
         out[arch]["t4"] = {
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selenc.compare", description="Cell statistics and comparisons.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--reports", type=Path, default=cache.REPO_ROOT / "reports")
-    parser.add_argument("--archs", nargs="+", default=list(ARCH_MODALITY), choices=list(ARCH_MODALITY))
+    parser.add_argument("--archs", nargs="+", default=None, help="models to compare (default: every model of params)")
     parser.add_argument("--level", default=None, help="privacy level of the overstated-cell count (default: first)")
     args = parser.parse_args(argv)
     for stale in outputs(args.reports):
@@ -154,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         level = args.level or next(iter(levels))
         if level not in levels:
             raise ConfigError(f"--level {level!r}: not a level of guidelines.levels; allowed: {', '.join(levels)}")
-        table = read_tables(args.reports, args.archs)
+        archs = args.archs or list(params.models.names)
+        unknown = [a for a in archs if a not in params.models.names]
+        if unknown:
+            raise ConfigError(
+                f"--archs: {unknown[0]!r} is not a model of params; allowed: {', '.join(params.models.names)}"
+            )
+        table = read_tables(args.reports, archs)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ def measure(params: Params, arch: str, ratio: float, victim: Victim | None = Non
 def measure_k(params: Params, arch: str, k: int, victim: Victim | None = None) -> Cost:
     """Encrypt the first target batch's update of `arch` with its k largest-magnitude coordinates hidden."""
     victim = victim or build_victim(arch, params, device=torch.device("cpu"))
-    dataset = getattr(params.models, arch).dataset
+    dataset = params.models[arch].dataset
     batch = target_batch(victim, dataset, client_targets(dataset, 0, params.update.batch_size))
     update = client_update(victim, batch, params.update)
     client = HEClient(params.he)

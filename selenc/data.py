@@ -366,7 +366,8 @@ def pretrain_sentences(n: int) -> list[Sentence]:
 
 
 def gpt2_tokenizer_dir() -> Path:
-    """The GPT-2 BPE files (vocab.json, merges.txt) in data/, both checked against the manifest."""
+    """The byte-level BPE files (vocab.json, merges.txt) of the `bpe` tokenizer in data/, both checked against the
+    manifest."""
     _read("gpt2_tokenizer/merges.txt")
     return _read("gpt2_tokenizer/vocab.json").parent
 

@@ -36,7 +36,7 @@ from selenc import cache, cost, data, results
 from selenc.attacks import VECTORISED
 from selenc.executors import EXECUTORS
 from selenc.grid import Trial, distinct, expand, update_fields
-from selenc.models import build_victim, resolve_device
+from selenc.models import build_victim, builder_file, resolve_device
 from selenc.results import Cost, Outcome, RunCost
 from selenc.settings import LBFGSAttack, Params, configurations
 
@@ -92,7 +92,8 @@ def trial_description(trial: Trial, params: Params, batch: list[Trial] | None = 
         "batch": mates,
         "seed": params.study.seed,
         "device": params.study.device,
-        "model": getattr(params.models, trial.arch).model_dump(exclude=UNUSED_BY[trial.victim]),
+        "model": params.models[trial.arch].model_dump(exclude=UNUSED_BY[trial.victim]),
+        "builder": cache.file_fingerprint(builder_file(params.models[trial.arch])),
         "significance": params.significance.model_dump(),
         "attack": attack_cfg.model_dump() if attack_cfg is not None else None,
         "bound": {"grid": params.sweep.bound_grid, "iters": params.sweep.bound_iters},
@@ -108,7 +109,8 @@ def cost_description(params: Params, arch: str, ratio: float | None) -> dict:
         "arch": arch,
         "ratio": ratio,
         "seed": params.study.seed,
-        "model": getattr(params.models, arch).model_dump(),
+        "model": params.models[arch].model_dump(),
+        "builder": cache.file_fingerprint(builder_file(params.models[arch])),
         "update": params.update.model_dump(),
         "he": params.he.model_dump(),
         "data": data.data_fingerprint(),
@@ -123,7 +125,7 @@ def trial_key(trial: Trial, params: Params, batch: list[Trial] | None = None) ->
 
 # --- the engine --------------------------------------------------------------------------------------------------
 def failure_summary(what: str, outcomes: list[Outcome], total: int) -> str:
-    """'sweep lenet: 3 of 8 trials did not finish' (`what`: sweep lenet) and one line per distinct (status, error)
+    """'sweep mymodel: 3 of 8 trials did not finish' (`what`: sweep mymodel) and one line per distinct (status, error)
     with its count."""
     counts = Counter((o.status, o.error) for o in outcomes)
     lines = [f"{what}: {len(outcomes)} of {total} trials did not finish"]
@@ -174,7 +176,7 @@ def run_parts(
 
 
 def check_finished(what: str, outcomes: dict[str, Outcome], allow_errors: bool = False) -> None:
-    """Raise `SweepFailed` (its message naming `what`, e.g. "sweep lenet") when a trial did not finish, unless
+    """Raise `SweepFailed` (its message naming `what`, e.g. "sweep mymodel") when a trial did not finish, unless
     `allow_errors`."""
     failed = [o for o in outcomes.values() if o.status != "ok"]
     if failed and not allow_errors:
@@ -231,9 +233,9 @@ def run_sweep(
     ks = frozenset(int(k) for ks in union if ks for k in ks.split())
     per_ratio = costs(params, arch, {t.ratio for t in trials}, root)
     per_k = budget_costs(params, arch, set(ks), root)
-    dataset = getattr(params.models, arch).dataset
+    model = params.models[arch]
     rows = []
     for t in trials:
         outcome = outcomes[identity_key(t)]
-        rows.append(results.row(t, dataset, outcome, per_ratio[t.ratio], run_cost(t, outcome, per_ratio, per_k)))
+        rows.append(results.row(t, model, outcome, per_ratio[t.ratio], run_cost(t, outcome, per_ratio, per_k)))
     return results.table(rows)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from selenc.grid import update_fields, update_label
 from selenc.results import both_victims, finite, main_trials, success_column
-from selenc.settings import ARCH_MODALITY, Guidelines
+from selenc.settings import Guidelines
 from selenc.stats import BROKEN, CONFIDENCE, GAPS, NOT_BROKEN, STRONGEST, UNDECIDED, every_update, update_labels
 
 ALPHA = 1 - CONFIDENCE
@@ -39,8 +39,8 @@ def victim_medians(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFr
     """Median success and sample count per (attack, metric, ratio) on the untrained and the trained victim, over the
     attacks, metrics and ratios run on the trained one (the attacker, mask source and ties the guidelines read); None
     when no trial ran on a trained victim."""
-    col, _ = success_column(arch)
-    both = both_victims(table, arch, cfg)
+    col, _ = success_column(table)
+    both = both_victims(table, cfg)
     if not len(both):
         return None
     return both.groupby(["attack", "metric", "ratio", "victim"])[col].agg(["median", "size"]).unstack("victim").round(3)
@@ -49,7 +49,7 @@ def victim_medians(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFr
 def sweep_findings(table: pd.DataFrame, arch: str, cfg: Guidelines) -> str:
     """Per attack (of `main_trials`): mean success unprotected and fully encrypted, and the best and worst metric at
     the smallest ratio strictly between 0 and 1, with the samples each mean is over. Markdown lines."""
-    col, label = success_column(arch)
+    col, label = success_column(table)
     main = main_trials(finite(table, col), cfg)
     lines = []
     for attack, rows in main.groupby("attack"):
@@ -268,9 +268,9 @@ def update_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
     reference = update_label(*update_fields(cfg.reads))
     lines = []
     for arch in archs:
-        _, label = success_column(arch)
-        whole = "images at 30 dB or more" if ARCH_MODALITY[arch] == "image" else "sentences word for word"
         for update, entry in (metrics[arch].get("updates") or {}).items():
+            _, label = success_column(metrics[arch])
+            whole = "images at 30 dB or more" if metrics[arch]["modality"] == "image" else "sentences word for word"
             u, g = entry.get("unprotected"), entry.get("gap")
             parts = []
             if u:
@@ -351,8 +351,8 @@ def rounds_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
     and at what HE cost per run. Markdown."""
     lines = []
     for arch in archs:
-        _, label = success_column(arch)
         for cell, per_update in (metrics[arch].get("rounds") or {}).items():
+            _, label = success_column(metrics[arch])
             parts = []
             for update, e in per_update.items():
                 if e["rounds"] == 1:

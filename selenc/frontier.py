@@ -1,7 +1,7 @@
 """The frontier stage: per architecture, the protecting ratio ρ* of every metric, victim, tie rule and privacy level,
 searched (`search`) against the strongest attacker, and the privacy–cost frontier its probes trace.
 
-    python -m selenc.frontier --arch lenet   # reports/results/frontier_lenet.csv, frontier_lenet_probes.csv, ...
+    python -m selenc.frontier --arch <name>  # reports/results/frontier/<name>.csv, <name>_probes.csv, ...
 
 A *group* is the cells that differ only in their ratio: one metric, victim, tie rule and client update, with the
 attacker the guidelines read (`guidelines.threat_model`, `guidelines.mask_source`) and every attack of
@@ -35,11 +35,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from selenc import cache, data, engine, plots, stats
-from selenc.config import load_params
+from selenc.config import known_model, load_params
 from selenc.grid import UPDATE, Trial, distinct, update_fields, update_label
-from selenc.results import Cost, Outcome
+from selenc.results import Cost, Outcome, frontier_tables
 from selenc.search import PROTECTS, Found, Rule, Search, step, verdict
-from selenc.settings import ARCH_MODALITY, ConfigError, Params
+from selenc.settings import ConfigError, Params
 
 MB = 1e6
 
@@ -80,7 +80,7 @@ class Frontier:
 
 def groups_of(params: Params, arch: str) -> list[Group]:
     """Every group `frontier.<arch>` searches: victim x tie rule x client update x metric."""
-    spec = getattr(params.frontier, arch)
+    spec = params.frontier.grid(arch)
     updates = [update_fields(u.over(params.update)) for u in spec.updates]
     return [Group(m, v, t, *u) for v in spec.victims for t in spec.ties for u in updates for m in spec.metrics]
 
@@ -103,7 +103,7 @@ def probe_trials(params: Params, arch: str, group: Group, ratio: float, samples:
     """Every attack of the frontier on `samples` of one cell, sample by sample."""
     cfg, seeds = params.guidelines, params.study.model_seeds
     cell = (cfg.threat_model, group.metric, ratio, cfg.mask_source, group.ties, group.victim)
-    attacks = getattr(params.frontier, arch).attacks
+    attacks = params.frontier.grid(arch).attacks
     return [Trial(arch, a, *cell, *group.update, j % seeds, j // seeds) for j in samples for a in attacks]
 
 
@@ -128,6 +128,7 @@ def cell_samples(
     the attacks and, per level, whether every attack failed (`stats.success`, `stats.protected`)."""
     trials = probe_trials(params, arch, group, ratio, range(n))
     rows = pd.DataFrame([{**dataclasses.asdict(t), **outcomes[engine.identity_key(t)].model_dump()} for t in trials])
+    rows["modality"] = params.models[arch].modality
     rows["success"] = stats.success(rows)
     flags = {}
     for name, level in params.guidelines.levels.items():
@@ -140,7 +141,7 @@ def run_frontier(params: Params, arch: str, cache_dir: Path | None = None, progr
     """Run (or resume from the trial cache) every search of `arch` to its end; see the module doc."""
     root = Path(cache_dir) if cache_dir is not None else cache.cache_dir()
     store = cache.Store(root / "trials" / arch)
-    spec, rule, levels = getattr(params.frontier, arch), rule_of(params), params.guidelines.levels
+    spec, rule, levels = params.frontier.grid(arch), rule_of(params), params.guidelines.levels
     groups = groups_of(params, arch)
     searches = {
         (g, name): Search(spec.grid(), level.min_protected, spec.check_ratios())
@@ -207,10 +208,11 @@ def probe_table(params: Params, arch: str, cells: dict, costs: dict[float, Cost]
     """One row per probed cell: its samples, the strongest attacker's median success (bootstrap interval) and, per
     level, the protected share with its Wilson interval and the probe's verdict, plus the HE cost of its ratio."""
     rows, rule, seed = [], rule_of(params), params.study.seed
-    attacks = "+".join(sorted(getattr(params.frontier, arch).attacks))
+    attacks = "+".join(sorted(params.frontier.grid(arch).attacks))
     for (group, ratio), c in sorted(cells.items()):
         med, low, high = stats.median_ci(c.success.to_numpy(), seed)
-        row = {"arch": arch, **dataclasses.asdict(group), "ratio": ratio, "attack_set": attacks, "n": len(c)}
+        row = {"arch": arch, "modality": params.models[arch].modality, **dataclasses.asdict(group), "ratio": ratio}
+        row |= {"attack_set": attacks, "n": len(c)}
         row |= {"success_median": med, "success_low": low, "success_high": high}
         for name, level in params.guidelines.levels.items():
             k = int(c[name].sum())
@@ -222,7 +224,7 @@ def probe_table(params: Params, arch: str, cells: dict, costs: dict[float, Cost]
 
 
 FOUND_COLUMNS = (
-    "arch", "metric", "privacy_level", "victim", "ties", *UPDATE,
+    "arch", "modality", "metric", "privacy_level", "victim", "ties", *UPDATE,
     "attack_set", "status", "ratio_star", "bracket_low",
     "bracket_high", "n",
     "protected_share", "protected_low", "protected_high", "success_median", "success_low", "success_high",
@@ -234,11 +236,12 @@ NO_RATIO, BASELINE = "no ratio protects", "baseline not broken"
 def found_table(params: Params, arch: str, found: dict, probes: pd.DataFrame) -> pd.DataFrame:
     """One row per search (FOUND_COLUMNS): ρ*, its bracket, and at ρ* its probe's samples, protected share with its
     Wilson interval, the strongest attacker's median success with its bootstrap interval and HE cost (`probe_table`)."""
-    attacks = getattr(params.frontier, arch).attacks
+    attacks = params.frontier.grid(arch).attacks
     at = probes.set_index([*GROUP, "ratio"])
     rows = []
     for (group, name), f in sorted(found.items()):
-        row = {"arch": arch, **dataclasses.asdict(group), "privacy_level": name}
+        row = {"arch": arch, "modality": params.models[arch].modality, **dataclasses.asdict(group)}
+        row["privacy_level"] = name
         row["attack_set"] = "+".join(sorted(attacks))
         status = NO_RATIO if f.ratio_star is None else BASELINE if f.bracket_low is None else PROTECTS
         row |= {"status": status, "ratio_star": f.ratio_star, "bracket_low": f.bracket_low}
@@ -270,8 +273,7 @@ def stage_metrics(frontier: Frontier) -> dict:
 def output_paths(arch: str, reports: Path) -> list[Path]:
     """The stage's outputs: the searches' table, the probes' table, the metrics JSON and the frontier figure."""
     return [
-        reports / "results" / f"frontier_{arch}.csv",
-        reports / "results" / f"frontier_{arch}_probes.csv",
+        *frontier_tables(reports, arch),
         reports / "metrics" / f"frontier_{arch}.json",
         reports / "figures" / f"frontier_{arch}.png",
     ]
@@ -292,7 +294,7 @@ def write_outputs(frontier: Frontier, arch: str, params: Params, reports: Path) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selenc.frontier", description="Search one architecture's ρ*.")
-    parser.add_argument("--arch", required=True, choices=list(ARCH_MODALITY))
+    parser.add_argument("--arch", required=True, help="a model of params.yaml's models")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--reports", type=Path, default=cache.REPO_ROOT / "reports", help="where outputs go")
     args = parser.parse_args(argv)
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         stale.unlink(missing_ok=True)
     try:
         params = load_params(args.params)
+        known_model(params, args.arch)
         frontier = run_frontier(params, args.arch)
     except (ConfigError, data.DataError, engine.SweepFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     done = frontier.found
     print(
         f"{len(done)} searches, {len(frontier.probes)} probes, {frontier.trials} trials -> "
-        f"{args.reports}/results/frontier_{args.arch}.csv ({(done.status == PROTECTS).sum()} protect, "
+        f"{output_paths(args.arch, args.reports)[0]} ({(done.status == PROTECTS).sum()} protect, "
         f"{(~done.monotone.astype(bool)).sum()} not monotone)"
     )
     return 0

@@ -118,7 +118,7 @@ if not set(UPDATE) <= {f.name for f in fields(Trial)}:
 def expand(params: Params, arch: str) -> list[Trial]:
     """All trials of `arch`'s grid in a fixed order: the main cross product, then each slice's trials not in it."""
     out: dict[Trial, None] = {}
-    for g in getattr(params.sweep, arch).products():
+    for g in params.sweep.grid(arch).products():
         inits = range(params.study.model_seeds)
         updates = [update_fields(u.over(params.update)) for u in g.updates]
         for attack, threat, metric, ratio, source, ties, victim, update, init, t in itertools.product(

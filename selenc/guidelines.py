@@ -1,7 +1,7 @@
 """From the per-cell summary to guidelines: which metric at which ratio protects, with what confidence and cost, and
 what the claim rests on.
 
-    python -m selenc.guidelines      # reads reports/results/summary.csv and frontier_<arch>.csv; writes
+    python -m selenc.guidelines      # reads reports/results/summary.csv and frontier/<name>.csv; writes
                                      # reports/guidelines.{json,md}, ...
 
 The searched answer comes first (`frontier_plan`): per architecture and level, the cheapest protecting (metric, ρ*)
@@ -38,7 +38,7 @@ from selenc.attacks import PUBLISHED_STEPS
 from selenc.config import load_params
 from selenc.grid import effective_metric
 from selenc.plots import heatmap
-from selenc.results import main_trials, on_update
+from selenc.results import frontier_tables, main_trials, on_update
 from selenc.settings import Attacks, ConfigError, Guidelines, PrivacyLevel, configurations
 from selenc.stats import CONFIDENCE, STRONGEST, wilson
 
@@ -233,9 +233,10 @@ FRONTIER_KEYS = (
 )
 
 
-def read_frontiers(reports: Path) -> pd.DataFrame:
-    """Every frontier table of `reports/results` (`frontier.FOUND_COLUMNS`; empty when none was written)."""
-    tables = [pd.read_csv(p) for p in sorted((reports / "results").glob("frontier_*.csv")) if "_probes" not in p.name]
+def read_frontiers(reports: Path, models: tuple[str, ...]) -> pd.DataFrame:
+    """The frontier tables of `models` that were written (`frontier.FOUND_COLUMNS`; empty when none was)."""
+    found = [frontier_tables(reports, name)[0] for name in models]
+    tables = [pd.read_csv(p) for p in found if p.is_file()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records = guidelines(summary, cfg)
     plan = strategy_table(records, summary, cfg)
-    frontiers = read_frontiers(args.reports)
+    frontiers = read_frontiers(args.reports, params.models.names)
     searched = frontier_plan(frontiers, cfg)
     write_guidelines(records, plan, cfg, params.attacks, args.reports, searched, frontiers)
     if len(searched):

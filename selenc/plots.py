@@ -20,7 +20,7 @@ from selenc.settings import Guidelines
 def success_vs_ratio(table: pd.DataFrame, arch: str, cfg: Guidelines) -> plt.Figure:
     """Attack success vs encryption ratio, one line per metric with 95% bootstrap CIs, per attack × threat model (the
     mask source, ties and victim the guidelines read: the others have their own comparisons)."""
-    col, label = success_column(arch)
+    col, label = success_column(table)
     data = finite(table, col)
     data = data[(data.mask_source == cfg.mask_source) & (data.ties == cfg.ties) & (data.victim == cfg.victim)]
     title = f"{arch}: attack success vs encryption ratio (lower = better protected)"
@@ -31,8 +31,8 @@ def victims_vs_ratio(table: pd.DataFrame, arch: str, cfg: Guidelines) -> plt.Fig
     """Attack success vs ratio on the untrained (solid) and the trained (dashed) victim, over the attacks, metrics
     and ratios run on both (the attacker, mask source and ties the guidelines read); None when no trial ran on a
     trained victim."""
-    col, label = success_column(arch)
-    data = both_victims(table, arch, cfg)
+    col, label = success_column(table)
+    data = both_victims(table, cfg)
     if not len(data):
         return None
     title = f"{arch}: untrained vs trained victim, same samples (lower = better protected)"
@@ -66,11 +66,11 @@ def updates_vs_ratio(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
     """The strongest attacker's success vs ratio, one line per client update with 95% bootstrap CIs, per metric, over
     the (metric, ratio) cells run under more than one update (`rows`: `stats.update_rows`); None when `arch` ran one
     update."""
-    _, label = success_column(arch)
     data = rows[rows.arch == arch]
     data = data[data.groupby(["metric", "ratio"])["update"].transform("nunique") > 1]
     if data.empty:
         return None
+    _, label = success_column(data)
     title = f"{arch}: the strongest attacker per client update, same clients (lower = better protected)"
     return _success_lines(data, "success", label, title, hue="update", col="metric")
 
@@ -79,11 +79,11 @@ def rounds_paired(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
     """The strongest attacker's success per sample with one round and with several under each mask policy, a panel
     per masked cell run over several rounds, each sample's line joining its updates (`rows`: `stats.update_rows`);
     None when `arch` ran no cell over several rounds."""
-    _, label = success_column(arch)
     data = rows[(rows.arch == arch) & (rows.ratio > 0) & (rows.ratio < 1)]
     cells = sorted({(m, r) for m, r in data.loc[data.rounds > 1, ["metric", "ratio"]].itertuples(index=False)})
     if not cells:
         return None
+    _, label = success_column(data)
     fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
     for ax, (metric, ratio) in zip(axes[0], cells, strict=True):
         cell = data[(data.metric == metric) & (data.ratio == ratio)]
@@ -277,7 +277,7 @@ def privacy_cost(probes: pd.DataFrame, found: pd.DataFrame, arch: str, levels: l
     """The privacy–cost frontier (`frontier`): HE MB per upload (log) against the strongest attacker's median success
     with its 95% bootstrap interval at every probed ratio, one line per metric, one panel per (victim, ties, client
     update); each metric's ρ* marked per privacy level."""
-    _, label = success_column(arch)
+    _, label = success_column(probes)
     keys = ["victim", "ties", *UPDATE]
     panels = sorted(probes.groupby(keys).groups)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), squeeze=False, sharey=True)

@@ -1,6 +1,6 @@
 """Execute a notebook into reports/ with papermill and render it to HTML, atomically.
 
-    python -m selenc.report 02_architecture_sweep --name 02_architecture_sweep_lenet -p arch lenet
+    python -m selenc.report 02_architecture_sweep --name 02_architecture_sweep_<name> -p arch <name>
 
 The notebook runs into a temporary file; only when every cell succeeded are the executed `.ipynb` and its `.html`
 moved to `reports/<name>.*`. A failing cell exits non-zero (so `dvc repro` fails) and removes any earlier report of
@@ -47,7 +47,7 @@ def render(notebook: Path, out_dir: Path, name: str, parameters: dict) -> Path:
 
 
 def _value(text: str):
-    return yaml.safe_load(text)  # "lenet" -> str, "0.1" -> float, "[a, b]" -> list
+    return yaml.safe_load(text)  # "name" -> str, "0.1" -> float, "[a, b]" -> list
 
 
 def main(argv: list[str] | None = None) -> int:

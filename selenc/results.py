@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from selenc.grid import UPDATE, Trial, update_fields
-from selenc.settings import ARCH_MODALITY, Guidelines, Update
+from selenc.settings import Guidelines, ModelEntry, Update
 
 STATUSES = ("ok", "error", "timeout")
 
@@ -98,9 +98,12 @@ class RunCost(BaseModel):
 
 
 _GRID = tuple(f.name for f in dataclasses.fields(Trial))
+# what the row says about its model beside its name: the data, the modality, the client's forward mode (train: BatchNorm
+# on batch statistics)
+MODEL = ("dataset", "modality", "model_mode")
 COLUMNS: tuple[str, ...] = (
     _GRID[0],
-    "dataset",
+    *MODEL,
     *_GRID[1:],
     *Outcome.model_fields,
     *Cost.model_fields,
@@ -108,15 +111,16 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
-def row(trial: Trial, dataset: str, outcome: Outcome, cost: Cost, run: RunCost | None = None) -> dict:
-    """One results row: the grid point, its dataset, what the trial measured, the HE cost of its ratio and of its
-    federated run (None: one round, the ratio's cost)."""
+def row(trial: Trial, model: ModelEntry, outcome: Outcome, cost: Cost, run: RunCost | None = None) -> dict:
+    """One results row: the grid point, its model's `MODEL` facts, what the trial measured, the HE cost of its ratio
+    and of its federated run (None: one round, the ratio's cost)."""
     if run is None:
         run = RunCost(
             he_ciphertexts_run=cost.he_ciphertexts, he_bytes_run=cost.he_bytes, he_encrypt_s_run=cost.he_encrypt_s
         )
     measured = outcome.model_dump() | cost.model_dump() | run.model_dump()
-    return dataclasses.asdict(trial) | {"dataset": dataset} | measured
+    facts = dict(zip(MODEL, (model.dataset, model.modality, model.mode), strict=True))
+    return dataclasses.asdict(trial) | facts | measured
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -124,14 +128,35 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def sweep_table(reports, name: str):
+    """Where model `name`'s sweep table lives: reports/results/sweep/<name>.csv (one folder, so that later stages
+    depend on the folder, whatever models params.yaml configures)."""
+    return reports / "results" / "sweep" / f"{name}.csv"
+
+
+def frontier_tables(reports, name: str) -> tuple:
+    """Where model `name`'s frontier (ρ* per search) and its probes live: reports/results/frontier/<name>.csv and
+    <name>_probes.csv."""
+    folder = reports / "results" / "frontier"
+    return folder / f"{name}.csv", folder / f"{name}_probes.csv"
+
+
 # --- reading the table ---------------------------------------------------------------------------------------------
 SUCCESS = {"image": ("psnr", "PSNR (dB)"), "text": ("rouge1", "ROUGE-1")}
 PSNR_CAP = 100.0  # dB for exact copies (PSNR inf), so that means, medians and plots stay finite
 
 
-def success_column(arch: str) -> tuple[str, str]:
-    """The attack-success column of an architecture's table and its axis label."""
-    return SUCCESS[ARCH_MODALITY[arch]]
+def success_column(of: str | pd.DataFrame | dict) -> tuple[str, str]:
+    """The attack-success column and its axis label of a modality ("image", "text"), or of what names one: a results
+    or summary table (its `modality` column) or a model's entry of attacks.json (its "modality")."""
+    if isinstance(of, pd.DataFrame):
+        modalities = of["modality"].unique()
+        if len(modalities) != 1:
+            raise ValueError(f"a table of one modality has a success column; this one holds {list(modalities)}")
+        of = modalities[0]
+    elif isinstance(of, dict):
+        of = of["modality"]
+    return SUCCESS[of]
 
 
 def finite(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -168,10 +193,10 @@ def main_trials(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     return table[_read(table, cfg) & (table.victim == cfg.victim)]
 
 
-def both_victims(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFrame:
+def both_victims(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     """Finished rows of the attacker, mask source and ties the guidelines read, on both victims, over the attacks,
     metrics and ratios run on the trained one (empty when none ran on it)."""
-    col, _ = success_column(arch)
+    col, _ = success_column(table)
     ok = finite(table, col)
     ok = ok[_read(ok, cfg)]
     trained = ok[ok.victim == "trained"]
@@ -179,20 +204,20 @@ def both_victims(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFram
     return ok[ran & ok.ratio.isin(trained.ratio.unique())]
 
 
-def plot_data(table: pd.DataFrame, arch: str, cfg: Guidelines) -> pd.DataFrame:
+def plot_data(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     """Mean attack success per (attack, metric, ratio) of `main_trials`: the data of `dvc plots`."""
-    col, _ = success_column(arch)
+    col, _ = success_column(table)
     return (
         main_trials(finite(table, col), cfg).groupby(["attack", "metric", "ratio"], as_index=False)[col].mean().round(4)
     )
 
 
-def stage_metrics(table: pd.DataFrame, arch: str, cfg: Guidelines) -> dict:
+def stage_metrics(table: pd.DataFrame, cfg: Guidelines) -> dict:
     """The sweep stage's metrics JSON: trial counts and mean attack success per attack, metric and ratio of
     `main_trials`, so `dvc metrics diff` / `dvc exp show` compare experiments cell by cell."""
-    col, _ = success_column(arch)
+    col, _ = success_column(table)
     out: dict = {"trials": len(table), "not_ok": int((table.status != "ok").sum()), col: {}}
-    for r in plot_data(table, arch, cfg).itertuples():
+    for r in plot_data(table, cfg).itertuples():
         out[col].setdefault(r.attack, {}).setdefault(r.metric, {})[f"r{r.ratio:g}"] = round(float(getattr(r, col)), 4)
     return out
 

@@ -1,9 +1,11 @@
 """The shape of the study's parameters: one frozen pydantic section per part of `params.yaml`.
 
-Types, ranges and the protocol's fixed vocabularies (architectures, datasets, threat models, mask sources, ties,
-victims) are checked here, field by field. The open registries, significance metrics and attacks, are declared by
-the code that implements them (`significance.METRICS`, `attacks.MODALITY`); their names are plain strings here and
-`config` checks them against those registries when it loads a params file. Everything below `config` in the layers
+Types, ranges and the protocol's fixed vocabularies (datasets, modalities, threat models, mask sources, ties,
+victims) are checked here, field by field. The open registries are declared by the code that implements them:
+significance metrics and attacks (`significance.METRICS`, `attacks.MODALITY`), and the models, whose entries name a
+builder (`models.<name>.builder`, any importable callable) and whose names key the sweep and frontier grids. Their
+names are plain strings here and `config` checks them (importing and probing each builder) when it loads a params
+file. Everything below `config` in the layers
 imports its sections from this module; `config.load_params` is the only way a params file becomes a `Params`.
 """
 
@@ -17,13 +19,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-# --- the protocol's vocabularies, and the modality of each architecture and dataset --------------------------------
-ARCH_MODALITY: dict[str, str] = {"lenet": "image", "cnn": "image", "bert": "text", "gpt2": "text"}
+# --- the protocol's vocabularies, and the modality of each dataset --------------------------------------------------
+MODALITIES: tuple[str, ...] = ("image", "text")
 DATASET_MODALITY: dict[str, str] = {"mnist": "image", "cifar10": "image", "rotten_tomatoes": "text"}
 THREAT_MODELS: tuple[str, ...] = ("mask_aware", "zero_fill")
 MASK_SOURCES: tuple[str, ...] = ("own", "shared")
 TIES: tuple[str, ...] = ("index", "decoys")  # how a budget past the scored coordinates is filled (`selection`)
-VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<arch>.pretrain`
+VICTIMS: tuple[str, ...] = ("untrained", "trained")  # the seeded init, or that init after `models.<name>.pretrain`
 MAX_BATCH = 64  # samples per client batch; a dataset's target pool may allow fewer (`config` names the limit)
 MAX_ROUNDS = 64  # rounds of a federated run whose messages one attacker combines
 # how a client's mask changes across rounds (`rounds.round_masks`): each round's own top-k | the first round's |
@@ -34,8 +36,7 @@ SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...
 DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|inproc://\S+")
 
-ImageDataset = Literal["mnist", "cifar10"]
-TextDataset = Literal["rotten_tomatoes"]
+Dataset = Literal[tuple(DATASET_MODALITY)]
 Metric = str  # a name of `significance.METRICS`, checked by `config`
 Attack = str  # a name of `attacks.MODALITY`, checked by `config`
 ThreatModel = Literal[THREAT_MODELS]
@@ -116,56 +117,67 @@ class Pretrain(Section):
     lr: PosFloat
 
 
-class LeNet(Section):
-    dataset: ImageDataset
-    init: Literal["uniform", "default"]
+class ModelEntry(Section):
+    """One victim model: what builds it, on which data, and how the client runs it. Keys beyond these are the
+    builder's keyword arguments (`config` checks them against its signature and fills in its defaults)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    builder: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]  # "package.module:function"
+    source: str  # the file the builder's module is (a dependency of the model's stages in dvc.yaml)
+    modality: Literal[MODALITIES]
+    dataset: Dataset
+    tokenizer: str | None = None  # text: a tokenizer source of `models.TOKENIZERS`
+    max_length: Annotated[int, Field(ge=4, le=512)] | None = None  # text: tokens per sentence, specials included
+    mode: Literal["eval", "train"] = "eval"  # the client's forward: eval (running statistics, no dropout) | train
     pretrain: Pretrain
 
-
-class CNN(Section):
-    dataset: ImageDataset
-    width: PosInt
-    depth: Annotated[int, Field(gt=0, le=6)]  # stride-2 blocks after the first: 32 px allows at most 6
-    pretrain: Pretrain
-
-
-class Bert(Section):
-    dataset: TextDataset
-    max_length: Annotated[int, Field(ge=4, le=512)]
-    pretrain: Pretrain
-
-
-class GPT2(Section):
-    dataset: TextDataset
-    n_layer: PosInt
-    n_head: PosInt
-    n_embd: PosInt
-    n_positions: PosInt
-    max_length: Annotated[int, Field(ge=4)]
-    pretrain: Pretrain
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        return data  # the builder's signature names the other keys (`config`)
 
     @model_validator(mode="after")
-    def _shapes_fit(self) -> GPT2:
-        if self.n_embd % self.n_head:
+    def _modality_fits(self) -> ModelEntry:
+        if DATASET_MODALITY[self.dataset] != self.modality:
+            allowed = [d for d, m in DATASET_MODALITY.items() if m == self.modality]
             raise PydanticCustomError(
-                "shape",
-                "n_embd={n_embd} must be a multiple of n_head={n_head}",
-                {"n_embd": self.n_embd, "n_head": self.n_head},
+                "modality",
+                "dataset '{d}' is not {m} data; allowed for modality {m}: {allowed}",
+                {"d": self.dataset, "m": self.modality, "allowed": ", ".join(allowed)},
             )
-        if self.max_length > self.n_positions:
-            raise PydanticCustomError(
-                "shape",
-                "max_length={m} exceeds n_positions={p}; allowed: max_length <= n_positions",
-                {"m": self.max_length, "p": self.n_positions},
-            )
+        text_keys = {"tokenizer": self.tokenizer, "max_length": self.max_length}
+        for key, value in text_keys.items():
+            if (value is None) == (self.modality == "text"):
+                need = "a text model needs" if self.modality == "text" else "an image model takes no"
+                raise PydanticCustomError("modality", "{key}: {need} {key}", {"key": key, "need": need})
         return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The builder's keyword arguments: every key beyond the entry's own."""
+        return dict(self.model_extra or {})
 
 
 class Models(Section):
-    lenet: LeNet
-    cnn: CNN
-    bert: Bert
-    gpt2: GPT2
+    """The victim models by name (`models.<name>`): each name keys its sweep and frontier grids."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    __pydantic_extra__: dict[str, ModelEntry] = Field(init=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data:
+            raise PydanticCustomError("empty", "no model; allowed: one entry or more (models.<name>: ...)")
+        return data
+
+    def __getitem__(self, name: str) -> ModelEntry:
+        return self.model_extra[name]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.model_extra)
 
 
 UpdateKind = Literal["fedsgd", "fedavg"]
@@ -322,6 +334,21 @@ class Attacks(Section):
         return self
 
 
+class PerModel(Section):
+    """A section whose keys beyond its own fields are model names (`models.<name>`), each holding that model's entry
+    (typed by the subclass's `__pydantic_extra__`); `config` checks every model has one and every one names a model."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        return data
+
+    def grid(self, name: str) -> Any:
+        return self.model_extra[name]
+
+
 class SweepSlice(Section):
     """A further cross product of an architecture's grid: a key left out takes the main grid's value."""
 
@@ -357,7 +384,7 @@ class SweepArch(Section):
         return [main] + [SweepSlice(**(fill | s.model_dump(exclude_none=True))) for s in self.slices]
 
 
-class Sweep(Section):
+class Sweep(PerModel):
     workers: Annotated[int, Field(ge=0)]  # 0 = one per CPU core
     executor: Literal["local", "dask"]  # local: worker processes here (CUDA-safe); dask: a dask.distributed cluster
     dask_address: Annotated[str | None, AfterValidator(_dask_address)]  # None: start a LocalCluster
@@ -366,10 +393,7 @@ class Sweep(Section):
     time_limit_s: PosFloat
     bound_grid: Annotated[int, Field(ge=0)]  # t-grid points of L_S for every trial's (B1) columns; 0: no (B1) columns
     bound_iters: PosInt  # power iterations per grid point
-    lenet: SweepArch
-    cnn: SweepArch
-    bert: SweepArch
-    gpt2: SweepArch
+    __pydantic_extra__: dict[str, SweepArch] = Field(init=False)  # sweep.<name>: one grid per model
 
 
 class FrontierArch(Section):
@@ -398,16 +422,13 @@ class FrontierArch(Section):
         return tuple(r for i, r in enumerate(self.grid()) if i % self.check == 0)
 
 
-class Frontier(Section):
+class Frontier(PerModel):
     """Sequential sampling at every probe of the frontier's searches (`search.Rule`), and the searches per arch."""
 
     n_start: PosInt  # samples at a new probe
     n_step: PosInt  # samples added while a probe's Wilson interval straddles min_protected
     n_max: PosInt  # the most samples at one probe
-    lenet: FrontierArch
-    cnn: FrontierArch
-    bert: FrontierArch
-    gpt2: FrontierArch
+    __pydantic_extra__: dict[str, FrontierArch] = Field(init=False)  # frontier.<name>: one search per model
 
     @model_validator(mode="after")
     def _start_within_max(self) -> Frontier:
@@ -423,7 +444,7 @@ class Frontier(Section):
 class TheoryCase(Section):
     """One self-contained attack experiment of the theory stage (a small sweep with mask-aware, own masks)."""
 
-    arch: Literal[tuple(ARCH_MODALITY)]
+    arch: str  # a model of `models`
     attack: Attack
     steps: PosInt  # replaces the attack's `steps` from the attacks section
     metrics: unique_list(Metric)
@@ -482,6 +503,6 @@ class Params(Section):
 
 
 def derive_seed(master: int, *tags: str | int) -> int:
-    """A stable 63-bit seed for one purpose, e.g. `derive_seed(seed, "model", "lenet")`; independent of call order."""
+    """A stable 63-bit seed for one purpose, e.g. `derive_seed(seed, "model", name)`; independent of call order."""
     digest = hashlib.sha256(":".join(map(str, (master, *tags))).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1

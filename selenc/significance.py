@@ -211,8 +211,8 @@ METRICS: dict[str, Callable[[ClientView], torch.Tensor]] = {
 # hide the update's support first, which a server holding the mask reads off it (`attacks.base.mask_boundary`). The
 # others rank independently of the data (random, weight, layer_*), give zero-gradient coordinates a positive score
 # (distance: a random input's gradient is non-zero where the client's is zero; sensitivity and hessian, estimated,
-# measured so on BERT) or non-zero ones a zero score (saliency |w·g| where a weight is 0). The attacker reads only
-# these; tests/test_significance.py checks the split on real batches.
+# measured so on the MiniLM encoder) or non-zero ones a zero score (saliency |w·g| where a weight is 0). The attacker
+# reads only these; tests/test_significance.py checks the split on real batches.
 SUPPORT_REVEALING = frozenset({"magnitude", "embedding_rows"})
 NEEDS_TOKEN_EMBEDDING = frozenset({"embedding_rows"})  # metrics a model without one (an image model) cannot use
 

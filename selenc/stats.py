@@ -35,7 +35,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from selenc.grid import Trial, effective_metric, update_fields, update_label
 from selenc.results import PSNR_CAP, SUCCESS, UPDATE, Cost, RunCost, finite
-from selenc.settings import ARCH_MODALITY, Guidelines, PrivacyLevel
+from selenc.settings import Guidelines, PrivacyLevel
 
 SAMPLE = ["init", "trial"]  # a sample: one model initialisation and one real client batch, the unit of every test
 CELL = [f.name for f in dataclasses.fields(Trial) if f.name not in SAMPLE]  # a grid point minus its sample
@@ -49,7 +49,7 @@ RESAMPLES = 2000
 
 def success(rows: pd.DataFrame) -> pd.Series:
     """Attack success per row on its modality's scale: PSNR (capped at 100 dB: exact copies are inf) or ROUGE-1."""
-    image = rows.arch.map(ARCH_MODALITY) == "image"
+    image = rows.modality == "image"
     psnr = rows.psnr.astype(float).clip(upper=PSNR_CAP)
     return pd.Series(np.where(image, psnr, rows[SUCCESS["text"][0]].astype(float)), index=rows.index)
 
@@ -69,14 +69,14 @@ def every_update(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
 def recovered(rows: pd.DataFrame) -> pd.Series:
     """Per row: the share of its batch recovered outright (images: at `metrics.RECOVERED_DB` or more; text: word for
     word)."""
-    image = rows.arch.map(ARCH_MODALITY) == "image"
+    image = rows.modality == "image"
     column = {c: rows[c].astype(float) if c in rows else np.nan for c in ("recovered", "exact_match")}  # nan: not run
     return pd.Series(np.where(image, column["recovered"], column["exact_match"]), index=rows.index)
 
 
 def protected(rows: pd.DataFrame, level: PrivacyLevel) -> pd.Series:
     """Per row: did the attack fail at this level (under every bound of its modality)? Unfinished rows: no."""
-    image = rows.arch.map(ARCH_MODALITY) == "image"
+    image = rows.modality == "image"
     img = (rows.psnr <= level.psnr_max) & (rows.ssim <= level.ssim_max)
     txt = (rows.rouge1 <= level.rouge1_max) & (rows.token_f1.fillna(0) <= level.token_f1_max)
     return (rows.status == "ok") & pd.Series(np.where(image, img, txt), index=rows.index)
@@ -86,7 +86,7 @@ def trials(table: pd.DataFrame, levels: dict[str, PrivacyLevel]) -> pd.DataFrame
     """Finished trials with `success`, one `protected_<level>` column per level and their adversary (`attack_set`:
     the attack itself; `slice` False), plus the strongest attacker's rows of every cell (`strongest`)."""
     ok = table[table.status == "ok"]
-    out = ok[[*CELL, *SAMPLE, "phi", *COST]].assign(success=success(ok), recovered=recovered(ok))
+    out = ok[[*CELL, *SAMPLE, "modality", "phi", *COST]].assign(success=success(ok), recovered=recovered(ok))
     out = out.assign(attack_set=ok.attack, slice=False)
     for name, level in levels.items():
         out[f"protected_{name}"] = protected(ok, level)
@@ -104,7 +104,11 @@ def strongest(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows.attack != STRONGEST]
     keys = [c for c in CELL if c != "attack"]
     flags = [c for c in rows if c.startswith("protected_")]
-    agg = {"success": "max", "recovered": "max"} | {c: "first" for c in ["phi", *COST]} | dict.fromkeys(flags, "all")
+    agg = (
+        {"success": "max", "recovered": "max"}
+        | {c: "first" for c in ["modality", "phi", *COST]}
+        | dict.fromkeys(flags, "all")
+    )
     out = []
     for _, cell in rows.groupby(keys, sort=False):
         ran = cell.groupby(SAMPLE).attack.agg(frozenset)
@@ -190,7 +194,8 @@ def summary(table: pd.DataFrame, levels: dict[str, PrivacyLevel], seed: int = 0)
         med, low, high = median_ci(group.success.to_numpy(), seed)
         row = (
             dict(zip(keys, cell, strict=True))
-            | {"measure": SUCCESS[ARCH_MODALITY[cell[0]]][0], "n_samples": n, "median": med}
+            | {"modality": group.modality.iloc[0], "measure": SUCCESS[group.modality.iloc[0]][0]}
+            | {"n_samples": n, "median": med}
             | {"ci_low": low, "ci_high": high}
             | {c: group[c].iloc[0] for c in COST}
         )

@@ -22,6 +22,7 @@ is too coarse (theory.md: reported, never hidden).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,7 +57,7 @@ def phi(s: torch.Tensor, mask: torch.Tensor) -> float:
 def float64(victim: Victim, batch: Batch) -> tuple[Victim, Batch]:
     """A float64 copy of the victim and its batch (the precision T1 is checked in); the originals are untouched."""
     model = copy.deepcopy(victim.model).double()
-    twin = Victim(victim.arch, model, victim.device, victim.num_classes, victim.input_shape, victim.tokenizer)
+    twin = dataclasses.replace(victim, model=model, pretrain_losses=[])
     inputs = batch.inputs.double() if batch.inputs.is_floating_point() else batch.inputs
     offset = None if batch.input_offset is None else batch.input_offset.double()
     return twin, Batch(inputs, batch.labels, batch.attention_mask, offset)
@@ -237,7 +238,7 @@ def row_norms(victim: Victim, batch: Batch, cfg: Update, exact: bool = True, sam
 class Spectrum:
     """The singular values of J_V for any visible set V, exactly. J (n × d) is built once from d JVPs, one per input
     coordinate; σ(J_V)² are the eigenvalues of J_Vᵀ J_V = JᵀJ − J_Sᵀ J_S in float64, formed from whichever of V and S
-    (the encrypted rows) is smaller. Small inputs only (LeNet: d = 3,072)."""
+    (the encrypted rows) is smaller. Small inputs only (32x32 RGB: d = 3,072)."""
 
     def __init__(self, victim: Victim, batch: Batch, cfg: Update):
         x = continuous_input(victim, batch).detach()

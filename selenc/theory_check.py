@@ -53,7 +53,7 @@ def case_params(params: Params, case: TheoryCase) -> Params:
 
 
 def _first_batch(victim: Victim, params: Params, arch: str) -> Batch:
-    dataset = getattr(params.models, arch).dataset
+    dataset = params.models[arch].dataset
     return target_batch(victim, dataset, client_targets(dataset, 0, params.update.batch_size))
 
 
@@ -155,7 +155,7 @@ def run(params: Params, out_dir: Path, cache_dir: Path | None = None, allow_erro
         fields.append(frame.assign(case=label))
         if case.effective_rank:
             ranks.append(rank_table(view, masks, th.null_tolerance).assign(case=label))
-        col, _ = success_column(case.arch)
+        col, _ = success_column(params.models[case.arch].modality)
         per_case[label] = {
             "t2": stats.bound_summary(table, th.tolerance),
             "t3_far_spearman": corr["far"],

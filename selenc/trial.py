@@ -74,7 +74,7 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
     rounds (`rounds`): one federated run, a mask per round under the trial's policy, every message observed; φ(S) and
     the support are the first round's."""
     start = time.perf_counter()
-    cfg, update_cfg = getattr(params.models, trial.arch), trial.update
+    cfg, update_cfg = params.models[trial.arch], trial.update
     seed = derive_seed(params.study.seed, "trial", trial.arch, trial.trial, *init_tags(trial.init))
     own = client_targets(cfg.dataset, trial.trial, update_cfg.batch_size)
     batch = target_batch(victim, cfg.dataset, own)
@@ -117,7 +117,7 @@ def _mask(
         source, others = "shared", peers
     else:
         clients = 1 if trial.mask_source == "own" else params.significance.shared_clients
-        dataset = getattr(params.models, trial.arch).dataset
+        dataset = params.models[trial.arch].dataset
         own = client_targets(dataset, trial.trial, update_cfg.batch_size)
         others = [target_batch(victim, dataset, [i + j for i in own]) for j in range(1, clients)]
         source = trial.mask_source

@@ -48,8 +48,8 @@ def test_comparison_metrics_read_the_attacker_the_guidelines_read(params):
 
 
 def cli(tmp_path, table: pd.DataFrame, *args: str) -> subprocess.CompletedProcess:
-    (tmp_path / "results").mkdir(exist_ok=True)
-    results.table(table.to_dict("records")).to_csv(tmp_path / "results" / "lenet.csv", index=False)
+    results.sweep_table(tmp_path, "lenet").parent.mkdir(parents=True, exist_ok=True)
+    results.table(table.to_dict("records")).to_csv(results.sweep_table(tmp_path, "lenet"), index=False)
     cmd = [sys.executable, "-m", "selenc.compare", "--archs", "lenet", "--reports", str(tmp_path), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
 

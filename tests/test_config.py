@@ -8,7 +8,7 @@ import pytest
 from selenc.attacks import MODALITY as ATTACK_MODALITY
 from selenc.config import load_params, parse_params
 from selenc.data import TARGET_POOL
-from selenc.settings import ARCH_MODALITY, DATASET_MODALITY, SEAL_MAX_BITS, ConfigError, Params, derive_seed
+from selenc.settings import DATASET_MODALITY, SEAL_MAX_BITS, ConfigError, Params, derive_seed
 from selenc.significance import METRICS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_repo_params_load(params):
     assert isinstance(params, Params)
-    assert set(ARCH_MODALITY) == {"lenet", "cnn", "bert", "gpt2"}
-    for arch, modality in ARCH_MODALITY.items():
-        grid = getattr(params.sweep, arch)
-        assert all(ATTACK_MODALITY[a] == modality for a in grid.attacks)
+    assert params.models.names == ("lenet", "cnn", "bert", "gpt2")
+    for arch in params.models.names:
+        grid = params.sweep.grid(arch)
+        assert all(ATTACK_MODALITY[a] == params.models[arch].modality for a in grid.attacks)
         assert all(0.0 <= r <= 1.0 for r in grid.ratios)
 
 
@@ -55,17 +55,16 @@ BAD = [
     (
         "models.lenet.chanels",
         12,
-        ["models.lenet.chanels: unknown key", "allowed keys: dataset, init, pretrain"],
-    ),
-    (
-        "sweep.resnet",
-        {},
         [
-            "sweep.resnet: unknown key",
-            "allowed keys: workers, executor, dask_address, dask_workers, batch_trials, time_limit_s, bound_grid, "
-            "bound_iters, lenet, cnn, bert, gpt2",
+            "models.lenet.chanels: unknown key",
+            "allowed keys: builder, source, modality, dataset, tokenizer, max_length, mode, pretrain, init",
         ],
     ),
+    ("sweep.resnet", {}, ["sweep.resnet.metrics: missing required key"]),
+    ("sweep.lenet", DELETE, ["sweep.lenet: missing: model 'lenet' (models.lenet) needs a sweep grid"]),
+    ("frontier.cnn", DELETE, ["frontier.cnn: missing: model 'cnn' (models.cnn) needs a frontier grid"]),
+    ("theory.cases.0.arch", "vit", ["theory.cases.0.arch: 'vit' is not a model of models", "allowed: lenet, cnn"]),
+    ("models", {}, ["models: no model"]),
     ("study.seed", "zero", ["study.seed:", "valid integer", "'zero'"]),
     ("study.seed", -1, ["study.seed:", "greater than or equal to 0", "-1"]),
     ("models.cnn.width", 16.5, ["models.cnn.width:", "valid integer", "16.5"]),
@@ -108,9 +107,13 @@ BAD = [
         ["sweep.lenet.threat_models.0:", "'mask_aware' or 'zero_fill'"],
     ),
     ("sweep.lenet.mask_sources", "own", ["sweep.lenet.mask_sources:", "valid list", "'own'"]),
-    ("models.lenet.dataset", "imagenet", ["models.lenet.dataset:", "'mnist' or 'cifar10'", "'imagenet'"]),
-    ("models.lenet.dataset", "rotten_tomatoes", ["models.lenet.dataset:", "'mnist' or 'cifar10'"]),
-    ("models.bert.dataset", "cifar10", ["models.bert.dataset:", "'rotten_tomatoes'", "'cifar10'"]),
+    ("models.lenet.dataset", "imagenet", ["models.lenet.dataset:", "'mnist', 'cifar10' or 'rotten_tomatoes'"]),
+    ("models.lenet.dataset", "rotten_tomatoes", ["models.lenet:", "'rotten_tomatoes' is not image data", "mnist"]),
+    ("models.bert.dataset", "cifar10", ["models.bert:", "'cifar10' is not text data", "rotten_tomatoes"]),
+    ("models.bert.tokenizer", "sentencepiece", ["models.bert.tokenizer: 'sentencepiece'", "allowed: wordpiece, bpe"]),
+    ("models.lenet.tokenizer", "bpe", ["models.lenet:", "tokenizer: an image model takes no tokenizer"]),
+    ("models.gpt2.max_length", DELETE, ["models.gpt2:", "max_length: a text model needs max_length"]),
+    ("models.lenet.mode", "infer", ["models.lenet.mode:", "'eval' or 'train'"]),
     ("models.gpt2.n_head", 5, ["models.gpt2:", "n_embd=128 must be a multiple of n_head=5"]),
     ("models.gpt2.max_length", 100, ["models.gpt2:", "max_length=100 exceeds n_positions=64"]),
     ("models.lenet.pretrain.lr", 0, ["models.lenet.pretrain.lr:", "greater than 0"]),
@@ -254,7 +257,7 @@ def test_attack_knobs_sit_under_the_modality_of_their_attack(params):
 
 def test_derive_seed_is_stable_and_separates_purposes():
     assert derive_seed(0, "model", "lenet") == derive_seed(0, "model", "lenet")
-    seeds = {derive_seed(s, "model", a) for s in range(3) for a in ARCH_MODALITY}
+    seeds = {derive_seed(s, "model", a) for s in range(3) for a in ("lenet", "cnn", "bert", "gpt2")}
     assert len(seeds) == 12
     assert all(0 <= s < 2**63 for s in seeds)
 
@@ -264,7 +267,8 @@ def test_paper_scale_params_are_valid_and_larger(params):
 
     paper = load_params(Path(__file__).resolve().parent.parent / "params-paper.yaml")
     assert paper.models.gpt2.n_embd == 768 and paper.attacks.image.ig.steps > params.attacks.image.ig.steps
-    assert all(len(getattr(paper.sweep, a).ratios) > len(getattr(params.sweep, a).ratios) for a in ARCH_MODALITY)
+    assert paper.models.names == params.models.names
+    assert all(len(paper.sweep.grid(a).ratios) > len(params.sweep.grid(a).ratios) for a in params.models.names)
 
 
 def test_dask_settings_and_boundary_privacy_bounds_are_accepted(raw):

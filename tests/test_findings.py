@@ -74,6 +74,7 @@ def test_t4_table_and_verdict_call_the_sign_only_when_the_interval_over_samples_
 def paired_rows() -> pd.DataFrame:
     base = {
         "arch": "lenet",
+        "modality": "image",
         "threat_model": "mask_aware",
         "mask_source": "own",
         "ties": "index",
@@ -138,6 +139,7 @@ def test_sweep_findings_and_victim_medians_read_the_guidelines_rows(params):
 def test_cell_counts_median_tables_and_support_table(params):
     base = {
         "arch": "lenet",
+        "modality": "image",
         "threat_model": "mask_aware",
         "mask_source": "own",
         "ties": "index",
@@ -168,7 +170,7 @@ def test_update_findings_say_where_the_attack_is_not_a_valid_baseline(params):
         for metric in ("magnitude", "distance"):
             table += [r | update | {"recovered": 0.5} for r in rows("dlg", metric, {0.0: base, 0.3: masked})]
     table = pd.DataFrame(table)
-    metrics = {"lenet": {"updates": stats.update_effect(table, params.guidelines)}}
+    metrics = {"lenet": {"modality": "image", "updates": stats.update_effect(table, params.guidelines)}}
     metrics["lenet"]["updates"] = metrics["lenet"]["updates"]["lenet"]
     shown = findings.update_table(metrics, ["lenet"]).set_index("update")
     assert shown.loc["fedsgd B=4", "strict: baseline"] == "not broken"
@@ -201,7 +203,8 @@ def test_rounds_findings_say_which_policy_holds_one_rounds_protection_and_at_wha
         federation = {"rounds": rounds, "clients": 4, "server_lr": 1.0} if rounds > 1 else {}
         part = rows("dlg", "magnitude", {0.3: [psnr + t for t in range(5)]})
         table += [r | federation | change | {"he_bytes_run": rounds * 1_000_000} for r in part]
-    metrics = {"lenet": {"rounds": stats.rounds_effect(pd.DataFrame(table), params.guidelines)["lenet"]}}
+    rounds = stats.rounds_effect(pd.DataFrame(table), params.guidelines)["lenet"]
+    metrics = {"lenet": {"modality": "image", "rounds": rounds}}
     shown = findings.rounds_table(metrics, ["lenet"]).set_index("update")
     assert shown.loc["fedsgd B=1 R=4 fresh", "strict: protected"] == "0/5"
     assert shown.loc["fedsgd B=1", "strict: protected"] == "5/5"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from selenc import cache
-from selenc.settings import ARCH_MODALITY, Sweep
+from selenc.settings import Sweep
 from tests.conftest import REPO
 
 # The layers, bottom first: a module may import only modules listed before it (and the packages it sits in).
@@ -25,6 +25,8 @@ ORDER = (
     "selenc.metrics",
     "selenc.selection",
     "selenc.report",
+    # the built-in models' builders and tokenizers (params names them like any user's)
+    "selenc.zoo",
     # the victim and the client's update (one message, or one per round of a federated run)
     "selenc.models",
     "selenc.gradients",
@@ -140,8 +142,9 @@ def test_stage_params_name_what_changes_results_and_no_execution_setting():
         listed = body.get("params", [])
         assert not [p for p in listed if p.split(".")[-1] in EXECUTION], name
     sweep = stages["sweep"]
-    assert sweep["foreach"] == {a: sweep["foreach"][a] | {"modality": m} for a, m in ARCH_MODALITY.items()}
+    assert sweep["foreach"] == stages["frontier"]["foreach"] == "${models}"  # one stage per model of params.yaml
     assert "attacks.${item.modality}" in sweep["do"]["params"] and "attacks" not in sweep["do"]["params"]
+    assert "${item.source}" in sweep["do"]["deps"]  # a user's model file reruns its model's stages
     assert "compare" in stages and "attacks" not in stages
 
 
@@ -185,3 +188,19 @@ def test_execution_settings_leave_dvc_status_clean_and_knobs_stale_only_their_st
         "frontier@gpt2",
         "guidelines",
     }
+
+
+BUILT_IN = re.compile(r"\b(lenet|cnn|bert|gpt-?2)\b", re.IGNORECASE)
+
+
+def test_no_architecture_name_in_selenc_outside_the_built_in_builders():
+    """What a model is comes from params (its entry) and from the module (`models.discover_layout`): no module of
+    selenc but the built-in builders (`selenc.zoo`) names a built-in architecture, in code or prose."""
+    named = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in sorted(cache.PACKAGE_DIR.rglob("*.py"))
+        if p.name != "zoo.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if BUILT_IN.search(line)
+    ]
+    assert not named, "\n".join(named)

@@ -45,9 +45,13 @@ def tiny_params(raw: dict) -> dict:
             "gpt2": grid(["embedding_rows"], ["token_leakage", "dager", "lamp"], [0.0, 0.01], ("index", "decoys")),
         }
     )
+    fragment = yaml.safe_load((REPO / "examples" / "resnet.params.yaml").read_text())  # a user's model, params only
+    for section, entries in fragment.items():
+        raw[section].update(entries)
+    raw["sweep"]["resnet"] = grid(["magnitude"], ["ig"], [0.0, 0.5])
     raw["sweep"].update(bound_grid=2, bound_iters=1)
     raw["frontier"].update(n_start=1, n_step=1, n_max=1)
-    first = {"lenet": "dlg", "cnn": "ig", "bert": "token_leakage", "gpt2": "token_leakage"}
+    first = {"lenet": "dlg", "cnn": "ig", "bert": "token_leakage", "gpt2": "token_leakage", "resnet": "ig"}
     for arch, attack in first.items():
         raw["frontier"][arch].update(metrics=raw["frontier"][arch]["metrics"][:1], attacks=[attack], points=2, check=1)
     raw["significance"]["samples"] = 1
@@ -87,8 +91,8 @@ def pipeline(tmp_path_factory) -> Path:
 
 def test_repro_writes_every_report_table_and_metric(pipeline):
     reports = pipeline / "reports"
-    for arch in ("lenet", "cnn", "bert", "gpt2"):
-        table = pd.read_csv(reports / "results" / f"{arch}.csv")
+    for arch in ("lenet", "cnn", "bert", "gpt2", "resnet"):
+        table = pd.read_csv(reports / "results" / "sweep" / f"{arch}.csv")
         assert list(table.columns) == list(COLUMNS) and (table.status == "ok").all(), table.error.tolist()
         metrics = json.loads((reports / "metrics" / f"sweep_{arch}.json").read_text())
         assert metrics["trials"] == len(table) and metrics["not_ok"] == 0
@@ -102,7 +106,7 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     assert (reports / "01_theory_check.html").stat().st_size > 10_000
     assert {"t4_partial_spearman", "t4_per_ratio"} <= set(theory)
     attacks = json.loads((reports / "metrics" / "attacks.json").read_text())
-    assert {"lenet", "cnn", "bert", "gpt2"} == set(attacks)
+    assert {"lenet", "cnn", "bert", "gpt2", "resnet"} == set(attacks)
     keys = {"zero_fill_gap", "zero_fill_overstated_cells", "shared_mask_gap", "decoy_gap", "support_threshold", "t4"}
     assert all(keys <= set(a) for a in attacks.values())
     assert attacks["lenet"]["zero_fill_gap"]["n_samples"] == 1 and attacks["lenet"]["zero_fill_gap"]["n_pairs"] == 2
@@ -113,13 +117,13 @@ def test_repro_writes_every_report_table_and_metric(pipeline):
     assert set(trained.arch) == {"cnn"} and {"ig", STRONGEST} == set(trained.attack)
     assert {"idlg", "dlg", STRONGEST} <= set(summary[summary.arch == "lenet"].attack)
     assert (summary.ci_low <= summary["median"]).all() and (summary["median"] <= summary.ci_high).all()
-    assert (summary.n_samples == 1).all() and "init" in pd.read_csv(reports / "results" / "lenet.csv")
+    assert (summary.n_samples == 1).all() and "init" in pd.read_csv(reports / "results" / "sweep" / "lenet.csv")
     assert (reports / "results" / "paired.csv").is_file()
-    for arch in ("lenet", "cnn", "bert", "gpt2"):
-        found = pd.read_csv(reports / "results" / f"frontier_{arch}.csv")
+    for arch in ("lenet", "cnn", "bert", "gpt2", "resnet"):
+        found = pd.read_csv(reports / "results" / "frontier" / f"{arch}.csv")
         assert list(found.columns) == list(FOUND_COLUMNS) and len(found) == 2 * len(set(found.ties))
-        grid = {0.0, 0.5, 1.0} if arch in ("lenet", "cnn") else {0.0, 0.005, 1.0}  # linear / log, 2 points
-        assert set(pd.read_csv(reports / "results" / f"frontier_{arch}_probes.csv").ratio) <= grid
+        grid = {0.0, 0.5, 1.0} if arch in ("lenet", "cnn", "resnet") else {0.0, 0.005, 1.0}  # linear / log, 2 points
+        assert set(pd.read_csv(reports / "results" / "frontier" / f"{arch}_probes.csv").ratio) <= grid
         assert json.loads((reports / "metrics" / f"frontier_{arch}.json").read_text())["trials"] > 0
         assert (reports / "figures" / f"frontier_{arch}.png").stat().st_size > 1000
     records = json.loads((reports / "guidelines.json").read_text())
@@ -154,3 +158,18 @@ def test_a_failing_cell_fails_the_stage_and_leaves_no_report(pipeline):
     assert "a failing cell" in failed.stderr + failed.stdout
     assert not (pipeline / "reports" / "04_guidelines.ipynb").exists()
     assert not (pipeline / "reports" / "04_guidelines.html").exists()
+
+
+def test_a_user_model_added_by_params_alone_runs_through_every_stage(pipeline):
+    """examples/resnet.py and its params fragment (nothing inside selenc): dvc repro ran its sweep with the
+    BatchNorm mode in every row, its report, its frontier, and the guidelines cover it."""
+    reports = pipeline / "reports"
+    table = pd.read_csv(reports / "results" / "sweep" / "resnet.csv")
+    assert (table.model_mode == "train").all() and (table.modality == "image").all() and len(table) > 0
+    assert (reports / "02_architecture_sweep_resnet.html").stat().st_size > 10_000
+    assert (reports / "results" / "frontier" / "resnet.csv").is_file()
+    records = json.loads((reports / "guidelines.json").read_text())
+    assert "resnet" in {r["arch"] for r in records}
+    lock = yaml.safe_load((pipeline / "dvc.lock").read_text())["stages"]
+    assert {"sweep@resnet", "frontier@resnet"} <= set(lock)
+    assert any(d["path"] == "examples/resnet.py" for d in lock["sweep@resnet"]["deps"])

@@ -50,6 +50,7 @@ def test_he_cost_plots_the_measured_seconds_and_megabytes():
 def test_protected_share_draws_each_metric_with_its_wilson_interval(params):
     base = {
         "arch": "lenet",
+        "modality": "image",
         "attack": "strongest",
         "threat_model": "mask_aware",
         "mask_source": "own",

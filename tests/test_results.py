@@ -13,18 +13,23 @@ from pydantic import ValidationError
 from selenc import results
 from selenc.grid import Trial
 from selenc.results import COLUMNS, Cost, Outcome, RunCost
+from selenc.settings import ModelEntry
 from tests.test_grid import trial as grid_point
 
 TRIAL = grid_point()
 OK = Outcome(status="ok", seed=1, phi=0.2, k=3, n=10, attack_s=1.0, trial_s=2.0, psnr=20.0, ssim=0.4)
+LENET = ModelEntry.model_validate(
+    {"builder": "selenc.zoo:lenet", "source": "selenc/zoo.py", "modality": "image", "dataset": "cifar10",
+     "pretrain": {"epochs": 0, "samples": 1, "batch_size": 1, "lr": 0.1}}
+)  # fmt: skip
 COST = Cost(he_ciphertexts=1, he_bytes=100, he_bytes_sd=0.5, he_encrypt_s=0.01)
 
 
 def test_columns_are_derived_from_the_four_definitions_and_a_row_has_exactly_them():
     grid = [f.name for f in dataclasses.fields(Trial)]
     measured = [*Outcome.model_fields, *Cost.model_fields, *RunCost.model_fields]
-    assert list(COLUMNS) == [grid[0], "dataset", *grid[1:], *measured]
-    row = results.row(TRIAL, "cifar10", OK, COST)
+    assert list(COLUMNS) == [grid[0], "dataset", "modality", "model_mode", *grid[1:], *measured]
+    row = results.row(TRIAL, LENET, OK, COST)
     assert set(row) == set(COLUMNS)
     table = results.table([row])
     assert list(table.columns) == list(COLUMNS) and table.loc[0, "psnr"] == 20.0 and table.loc[0, "he_bytes"] == 100
@@ -48,10 +53,10 @@ def rows() -> pd.DataFrame:
         [("mask_aware", "untrained"), ("zero_fill", "untrained"), ("mask_aware", "trained")]
     ):
         trial = dataclasses.replace(TRIAL, threat_model=threat, victim=victim)
-        out.append(results.row(trial, "cifar10", OK.model_copy(update={"psnr": 10.0 * (i + 1)}), COST))
-    out.append(results.row(TRIAL, "cifar10", Outcome(status="error", error="boom"), COST))
+        out.append(results.row(trial, LENET, OK.model_copy(update={"psnr": 10.0 * (i + 1)}), COST))
+    out.append(results.row(TRIAL, LENET, Outcome(status="error", error="boom"), COST))
     out.append(
-        results.row(dataclasses.replace(TRIAL, ratio=0.0), "cifar10", OK.model_copy(update={"psnr": math.inf}), COST)
+        results.row(dataclasses.replace(TRIAL, ratio=0.0), LENET, OK.model_copy(update={"psnr": math.inf}), COST)
     )
     return results.table(out)
 
@@ -63,16 +68,19 @@ def test_main_trials_stage_metrics_and_plot_data_read_the_guidelines_choice(para
     zero_fill = default.model_copy(update={"threat_model": "zero_fill"})
     assert results.main_trials(table, zero_fill).psnr.tolist() == [20.0]
     trained = default.model_copy(update={"victim": "trained"})
-    metrics = results.stage_metrics(table, "lenet", trained)
+    metrics = results.stage_metrics(table, trained)
     assert metrics == {"trials": 5, "not_ok": 1, "psnr": {"dlg": {"magnitude": {"r0.3": 30.0}}}}
-    plot = results.plot_data(table, "lenet", default)
+    plot = results.plot_data(table, default)
     assert plot.to_dict("list") == {
         "attack": ["dlg", "dlg"],
         "metric": ["magnitude", "magnitude"],
         "ratio": [0.0, 0.3],
         "psnr": [results.PSNR_CAP, 10.0],
     }  # unfinished left out
-    assert results.success_column("gpt2") == ("rouge1", "ROUGE-1")
+    assert results.success_column("text") == ("rouge1", "ROUGE-1") == results.success_column({"modality": "text"})
+    assert results.success_column(table) == ("psnr", "PSNR (dB)")
+    with pytest.raises(ValueError, match="one modality"):
+        results.success_column(pd.concat([table, table.assign(modality="text")]))
 
 
 def test_reconstructions_round_trip_through_the_table_at_8_bits():

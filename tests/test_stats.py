@@ -18,6 +18,7 @@ def rows(attack, metric, psnr_by_ratio, trials=5, ssim=0.1, threat_model="mask_a
             out.append(
                 {
                     "arch": "lenet",
+                    "modality": "image",
                     "attack": attack,
                     "threat_model": threat_model,
                     "metric": metric,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from selenc import sweep
+from selenc import results, sweep
 from selenc.results import COLUMNS
 from tests.conftest import REPO, with_changes
 from tests.test_engine import TINY
@@ -44,12 +44,12 @@ def test_cli_sweep_with_failed_trials_writes_no_table(raw, tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     reports = tmp_path / "reports"
-    (reports / "results").mkdir(parents=True)
-    (reports / "results" / "lenet.csv").write_text("an older table\n")
+    results.sweep_table(reports, "lenet").parent.mkdir(parents=True)
+    results.sweep_table(reports, "lenet").write_text("an older table\n")
     env_run = sweep_cli(path, reports, tmp_path / "c")
     assert env_run.returncode == 1
     assert "6 of 6 trials did not finish" in env_run.stderr and "6 x timeout" in env_run.stderr
-    assert not (reports / "results" / "lenet.csv").exists() and not (reports / "metrics").exists()
+    assert not results.sweep_table(reports, "lenet").exists() and not (reports / "metrics").exists()
     assert not (tmp_path / "c" / "trials" / "lenet").exists() or not any(
         (tmp_path / "c" / "trials" / "lenet").iterdir()
     )
@@ -68,7 +68,7 @@ def test_cli_writes_the_table_metrics_and_plot_data_of_the_guidelines_rows(raw, 
         done = sweep_cli(path, reports, tmp_path / "cache")
         assert done.returncode == 0, done.stderr[-2000:]
         assert [p.exists() for p in sweep.output_paths("lenet", reports)] == [True, True, True]
-        table = pd.read_csv(reports / "results" / "lenet.csv")
+        table = pd.read_csv(results.sweep_table(reports, "lenet"))
         assert list(table.columns) == list(COLUMNS) and len(table) == 4
         outputs[threat] = (table, json.loads((reports / "metrics" / "sweep_lenet.json").read_text()))
     (aware, aware_metrics), (zero, zero_metrics) = outputs["mask_aware"], outputs["zero_fill"]

@@ -203,7 +203,7 @@ def test_case_params_make_an_ordinary_small_sweep(params):
     case = params.theory.cases[0]
     before = params.attacks.of(case.attack).steps
     cp = theory_check.case_params(params, case)
-    grid = getattr(cp.sweep, case.arch)
+    grid = cp.sweep.grid(case.arch)
     assert grid.attacks == [case.attack] and grid.threat_models == ["mask_aware"] and grid.metrics == case.metrics
     assert cp.attacks.of(case.attack).steps == case.steps and cp.sweep.bound_grid == params.theory.grid
     assert params.attacks.of(case.attack).steps == before  # the original params are not modified

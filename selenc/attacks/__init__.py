@@ -9,6 +9,8 @@ one vectorised optimisation) and `ANALYTIC` (name -> one trial). From those, her
 - `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial;
 - `ROUNDS`: the attacks that match one candidate against every round of a federated run (`config` refuses the others
   on a multi-round update);
+- `NEEDS[name]`: (what, check) for an attack that reads a part not every model has: `config` refuses it on a model
+  whose `Victim` fails the check, naming what is missing;
 - `PUBLISHED_STEPS[name]`: the optimisation budget of the original procedure (None: analytic, or none published), so
   that findings can state how the study's budgets compare.
 
@@ -20,6 +22,7 @@ from collections.abc import Callable
 
 from selenc.attacks import image, text
 from selenc.attacks.base import AttackResult, Matcher, one_by_one, one_trial
+from selenc.models import Victim
 
 _PACKAGES = {"image": image, "text": text}
 
@@ -36,7 +39,29 @@ ATTACKS: dict[str, Callable[..., AttackResult]] = {
     name: one_trial(fn) for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: fn for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
 
+
+def _class_rows(victim: Victim) -> bool:
+    return any(p.ndim == 2 and p.shape[0] == victim.num_classes for p in victim.model.parameters())
+
+
+_HEAD = ("a last linear layer with one weight row per class (labels are read from it)", _class_rows)
+NEEDS: dict[str, tuple[str, Callable[[Victim], bool]]] = {
+    "idlg": _HEAD,
+    "linear": _HEAD,
+    "dager": ("transformer blocks with attention input projections", lambda v: v.blocks > 0),
+}
+
 if set(PUBLISHED_STEPS) != set(MODALITY):  # every attack says what the original procedure spent (None: nothing)
     raise ImportError(f"PUBLISHED_STEPS {sorted(PUBLISHED_STEPS)} differs from the attacks {sorted(MODALITY)}")
 
-__all__ = ["ATTACKS", "BATCHED", "MODALITY", "PUBLISHED_STEPS", "ROUNDS", "VECTORISED", "AttackResult", "Matcher"]
+__all__ = [
+    "ATTACKS",
+    "BATCHED",
+    "MODALITY",
+    "NEEDS",
+    "PUBLISHED_STEPS",
+    "ROUNDS",
+    "VECTORISED",
+    "AttackResult",
+    "Matcher",
+]

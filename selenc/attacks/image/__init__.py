@@ -20,10 +20,10 @@ iteration.
 
 **Visible zeros and the mask** (mask-aware). When every visible value is 0 but the mask shows hidden coordinates to be
 non-zero (`base.mask_boundary`: a support-revealing metric whose budget exceeded the update's support, e.g. magnitude
-at ρ ≥ 0.5 on the ReLU CNN), the update still carries its support: which units were active. Those trials match it
-instead (`info["objective"] = "support"`): the share of the dummy update's energy on coordinates seen to be zero,
-Σ_visible g² / (Σ_visible g² + Σ_known g²), scale-free and 0 exactly when the dummy's support matches; DLG and iDLG
-minimise it alone, IG adds its TV term. An attack with nothing to match returns its prior, the seeded init of
+at ρ ≥ 0.5 on the built-in ReLU conv net), the update still carries its support: which units were active. Those trials
+match it instead (`info["objective"] = "support"`): the share of the dummy update's energy on coordinates seen to be
+zero, Σ_visible g² / (Σ_visible g² + Σ_known g²), scale-free and 0 exactly when the dummy's support matches; DLG and
+iDLG minimise it alone, IG adds its TV term. An attack with nothing to match returns its prior, the seeded init of
 restart 0 and its prior labels, with `info["blind"] = True` and no losses, rather than optimise a constant: the
 mask-aware attacker with every coordinate encrypted, or with only zeros visible and no support to read (IG's cosine
 with a zero target is undefined), and zero_fill IG on an all-zero view. `seconds` is the batch's wall time shared

@@ -30,11 +30,12 @@ per call (`torch.func`, as in `matching`), minimising per run
 where the feature term is ‖f(x) − h‖² / ‖h‖² over the known features when the scale is known, else 1 − cos over
 them (f(x): the input of the last linear layer, from the victim's own forward), averaged over the samples with known
 features, and the gradient distance runs over the visible coordinates with the labels fixed to the analytic ones.
-The features pin the last layer exactly but not the image (LeNet's 768 features for 3,072 pixels; the CNN's
-random-init features are ill-conditioned), so the gradient matching supplies the conv layers' constraints. Neither
-weight dominates (a large one leads on an unprotected update, a small one lets the exact features lead where the
-gradient is masked), so each weight of `match` is a configuration and the run closest to the observed update wins.
-`optimiser` picks how (`auto`: L-BFGS for a model without ReLU, whose objective is smooth, signed Adam otherwise):
+The features pin the last layer exactly but not the image (the built-in sigmoid net's 768 features for 3,072 pixels; the
+ReLU conv net's random-init features are ill-conditioned), so the gradient matching supplies the conv layers'
+constraints. Neither weight dominates (a large one leads on an unprotected update, a small one lets the exact features
+lead where the gradient is masked), so each weight of `match` is a configuration and the run closest to the observed
+update wins. `optimiser` picks how (`auto`: L-BFGS for a model without ReLU, whose objective is smooth, signed Adam
+otherwise):
 
 - `lbfgs`: DLG's normalised squared distance (`matching.Matching.l2`) + tv_lbfgs · TV, the vectorised L-BFGS of
   `lbfgs` (lr 1), no box during the run (the result is clamped to [0, 1], as DLG's);

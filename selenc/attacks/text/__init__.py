@@ -1,4 +1,5 @@
-"""Text gradient inversion on BERT / GPT-2 classifiers, one concept per module, in layers:
+"""Text gradient inversion on transformers sequence classifiers (encoders and decoders), one concept per module, in
+layers:
 
 - `reading`: what the embedding gradients give away without optimisation (token set, length, labels, order);
 - `objective`: the gradient distance a batch of dummy sentences is matched with;

@@ -2,9 +2,9 @@
 Petrov et al. 2024), no optimisation.
 
 **Why it works.** A linear layer's weight gradient is Σ_i δ_i x_iᵀ over its input rows x_i, one per (sentence,
-position): every input-space vector of the gradient (`Victim.attention_projections`: BERT's query/key/value rows,
-GPT-2's c_attn columns) lies in span{x_i}. While B·T < d (the hidden size) that span is a proper subspace, and a
-candidate input lies in it (relative residual under SPAN_TOL) only if it is one of the x_i, generically.
+position): every input-space vector of the gradient (`Victim.attention_projections`: an encoder's query/key/value rows,
+a decoder's fused c_attn columns) lies in span{x_i}. While B·T < d (the hidden size) that span is a proper subspace, and
+a candidate input lies in it (relative residual under SPAN_TOL) only if it is one of the x_i, generically.
 
 1. **Tokens per position** (block 0): block 0's input at position p depends on the token at p alone
    (`Victim.first_block_inputs`), so every vocabulary token is checked at every position: the tokens that pass form
@@ -12,13 +12,13 @@ candidate input lies in it (relative residual under SPAN_TOL) only if it is one 
 2. **Sentences** (B > 1, block 1): position by position, the live sentences take the candidates by least-cost
    assignment (every candidate to some sentence), the cost being the distance of each extended prefix's block-1
    input row at p from block 1's span (`Victim.block_inputs`). A sentence ends at the tokenizer's end token ([SEP]),
-   and the live count at p is the largest candidate count from p on. BERT's rows depend on the whole sentence, so the
-   prefix check is a heuristic (DAGER's exhaustive encoder search is not implemented). Block 1 is read only when it
+   and the live count at p is the largest candidate count from p on. An encoder's rows depend on the whole sentence, so
+   the prefix check is a heuristic (DAGER's exhaustive encoder search is not implemented). Block 1 is read only when it
    is not the model's last block: in the last one only the pooled position's query carries gradient (the default
-   2-block GPT-2), and then C_p is dealt to the live sentences in block-0 residual order. At B = 1 each position takes
+   2-block decoder), and then C_p is dealt to the live sentences in block-0 residual order. At B = 1 each position takes
    its lowest-residual candidate.
 
-A LayerNorm without bias (random-init GPT-2: γ = 1, β = 0) makes the block-0 check scale-invariant: (v, p) passes
+A LayerNorm without bias (a random-init decoder: γ = 1, β = 0) makes the block-0 check scale-invariant: (v, p) passes
 whenever (v, q), (u, p) and (u, q) are inputs, so C_p can be a superset (a repeated token at B = 1 is enough); the
 true token then still has the lowest residual in the cases measured, but nothing guarantees it.
 

@@ -1,10 +1,10 @@
 """From free dummy embeddings to tokens, and the discrete moves of LAMP's reordering.
 
-**Decoding.** BERT normalises word + position + type embeddings with a LayerNorm and is otherwise blind to order, so
-a free dummy may carry token v from true position q at position p (x_p = w_v + pos_q − pos_p: the network sees the
-same vectors listed in another order). The projection therefore decodes what the model sees: each dummy vector
-x_p + pos_p (+ type) is matched to w_v + pos_q (+ type) over the allowed tokens v and positions q (cosine of
-mean-centred vectors under LayerNorm, L2 for GPT-2), positions assigned one-to-one (Hungarian).
+**Decoding.** An encoder like MiniLM normalises word + position + type embeddings with a LayerNorm and is otherwise
+blind to order, so a free dummy may carry token v from true position q at position p (x_p = w_v + pos_q − pos_p: the
+network sees the same vectors listed in another order). The projection therefore decodes what the model sees: each dummy
+vector x_p + pos_p (+ type) is matched to w_v + pos_q (+ type) over the allowed tokens v and positions q (cosine of
+mean-centred vectors under LayerNorm, L2 without one), positions assigned one-to-one (Hungarian).
 
 **Vocabulary restriction** (`restrict_vocab`): decoding is limited to the tokens that can be in the batch: the leaked
 ones plus those whose rows are fully hidden (a row with a seen all-zero entry is not in the batch), and every leaked
@@ -41,7 +41,7 @@ def vocabulary(leak: Leakage, tokenizer, restrict: bool) -> tuple[torch.Tensor |
 
 class Decoder:
     """One trial's dummy sentences: B sentences of length T whose `n_free` inner positions are free embeddings, the
-    tokenizer's frame ([CLS] … [SEP] for BERT) fixed to its true embeddings, and how to decode them to tokens."""
+    tokenizer's frame ([CLS] … [SEP] for WordPiece) fixed to its true embeddings, and how to decode them to tokens."""
 
     def __init__(
         self, victim: Victim, batch: int, length: int, allowed: torch.Tensor | None, required: torch.Tensor | None

@@ -13,15 +13,15 @@ CPU: the same row function one row at a time through plain autograd, `VECTORISE`
 What a trial reads before optimising (`reading`): its sequence length, label candidates and decoding vocabulary.
 All B dummies of a trial get its padded length T with full attention (per-sentence lengths at B > 1 are not known; a
 shorter sentence's padding is then reconstructed as extra tokens). The tokenizer's frame ([CLS] … [SEP]) is public and
-kept fixed. Without a head bias (GPT-2) several label multisets remain: each gets its own row from the same init for
-PROBE_FRACTION of the steps, then the lowest recent loss continues. When the attacker is blind (mask-aware, everything
-hidden) a trial's answer is its prior: the projection of the seeded init (`info["blind"]`).
+kept fixed. Without a head bias (the built-in decoder) several label multisets remain: each gets its own row from the
+same init for PROBE_FRACTION of the steps, then the lowest recent loss continues. When the attacker is blind
+(mask-aware, everything hidden) a trial's answer is its prior: the projection of the seeded init (`info["blind"]`).
 
 Adam runs elementwise on the stacked rows (every row its own Adam); lr is in units of the vocabulary embeddings' RMS
-(the same cfg value fits BERT's and GPT-2's scales), held for the first half of the budget, then decayed linearly to
-0.1x. Each row keeps its best decoded sentence by the method's score (the gradient distance, plus the prior when on);
-restarts keep the reconstruction whose score is lowest (`info["restart_distances"]`): what the attacker measures,
-never the ground truth. `seconds` is the batch's wall time shared equally among its trials.
+(the same cfg value fits the built-in encoder's and decoder's scales), held for the first half of the budget, then
+decayed linearly to 0.1x. Each row keeps its best decoded sentence by the method's score (the gradient distance, plus
+the prior when on); restarts keep the reconstruction whose score is lowest (`info["restart_distances"]`): what the
+attacker measures, never the ground truth. `seconds` is the batch's wall time shared equally among its trials.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ ROW_BYTES = 2**31  # memory one vectorised call may take on the CPU (a GPU: half
 BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's defaults (torch.optim.Adam)
 TIE = 1e-5  # relative difference under which two restarts' distances tie
 # Rows evaluated by one torch.func.vmap call (a GPU) or one by one through plain autograd (a CPU). On the 2-core CPU
-# the text models' update is long (BERT: ~11M coordinates per row), its elementwise passes dominate a step, and vmap
+# the text models' update is long (MiniLM: ~11M coordinates per row), its elementwise passes dominate a step, and vmap
 # gained nothing over one row at a time while torch.func's dispatch layers cost extra (benchmarks/engine.py).
 VECTORISE = {"cpu": False, "cuda": True}
 

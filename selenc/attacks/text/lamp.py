@@ -10,12 +10,13 @@ distance, regulariser, discrete reordering phases and, optionally, a language-mo
 - At the end, `polish` rounds of one reordering of each row's best decoded sentence are scored together, each kept
   when it lowers the row's distance (continuous embeddings can carry a position offset, so permuting them does not
   always move a token; permuting decoded tokens does).
-- **Language-model prior** (`lm_weight` > 0): as the paper ranks candidates with GPT-2's perplexity as well, every
+- **Language-model prior** (`lm_weight` > 0): as the paper ranks candidates with a language model's perplexity as well,
+every
   candidate in these phases is ranked by its gradient distance + lm_weight × the mean token NLL of its decoded text
-  (continuous candidates are projected to tokens first) under SmolLM2-135M (`prior`; no pretrained GPT-2 weights
-  exist offline), the texts of a phase scored in one LM call (`prior.nll`); the best decoded sentence, the polish and
-  the choice among restarts use the same sum (`info["restart_distances"]` then holds it). lm_weight 0 ranks by the
-  gradient distance alone and never loads the model (`info["lm_prior"]`).
+  (continuous candidates are projected to tokens first) under SmolLM2-135M (`prior`; no pretrained weights of the
+  paper's model exist offline), the texts of a phase scored in one LM call (`prior.nll`); the best decoded sentence, the
+  polish and the choice among restarts use the same sum (`info["restart_distances"]` then holds it). lm_weight 0 ranks
+  by the gradient distance alone and never loads the model (`info["lm_prior"]`).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ every coordinate, against the zero-filled update), so trials with different mask
 - `l2_l1` (TAG): ‖w ⊙ (d − t)‖² + α·‖w ⊙ (d − t)‖₁ plus the token table's constant.
 - `layer_cosine` (LAMP's distance, its reference code's `grad_dist`): the mean over parameter tensors of
   1 − cos(w ⊙ d, t), each tensor on its compared coordinates, tensors whose compared target is all zero (the token
-  table among them) or round-off (below NEGLIGIBLE of the largest tensor's norm: BERT's attention key biases, whose
-  gradient is zero in exact arithmetic, so their cosine would be noise that decides nothing but shifts with the
-  float rounding of each call) left out. The global cosine of `Matcher.cosine` is dominated on BERT by the pooler
-  and classifier gradients (~77% of the squared norm), which say little about the tokens: measured ROUGE-1 0.44
-  against 0.83 per tensor (3 sentences), so LAMP uses the per-tensor form.
+  table among them) or round-off (below NEGLIGIBLE of the largest tensor's norm: the MiniLM encoder's attention key
+  biases, whose gradient is zero in exact arithmetic, so their cosine would be noise that decides nothing but shifts
+  with the float rounding of each call) left out. The global cosine of `Matcher.cosine` is dominated on the MiniLM
+  encoder by the pooler and classifier gradients (~77% of the squared norm), which say little about the tokens: measured
+  ROUGE-1 0.44 against 0.83 per tensor (3 sentences), so LAMP uses the per-tensor form.
 """
 
 from __future__ import annotations

