@@ -3,10 +3,10 @@
 Usage: python benchmarks/attack_change.py BEFORE_DIR AFTER_DIR [--archs lenet,cnn] [--ratios 0.3,0.6]
                                           [--params params.yaml]
 
-Reads `<arch>.csv` (a sweep's results table, e.g. reports/results/sweep/) from both folders, takes the strongest attacker
-(`stats.trials`: the cell's adversary, not its slices) of the rows the guidelines read (`results.main_trials`) at the
-given ratios for every metric, and pairs the two runs by (metric, ratio, sample). Prints, per architecture and
-per (architecture, metric):
+Reads `<arch>.csv` (a sweep's results table, e.g. reports/results/sweep/) from both folders, takes the strongest
+attacker (`stats.trials`: the cell's adversary, not its slices) of the rows the guidelines read
+(`results.main_trials`) at the given ratios for every metric, and pairs the two runs by (metric, ratio, sample).
+Prints, per architecture and per (architecture, metric):
 
 - the paired difference after − before of the success (PSNR, dB), averaged per sample first (the sample is the unit),
   with its median, bootstrap 95% interval over the samples, n samples and the exact two-sided Wilcoxon p (below 6

@@ -30,7 +30,6 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from selenc.attacks import MODALITY as ATTACK_MODALITY
 from selenc.attacks import NEEDS as ATTACK_NEEDS
-from selenc.attacks import ROUNDS as ATTACK_ROUNDS
 from selenc.data import PRETRAIN_POOL, TARGET_POOL
 from selenc.models import (
     NUM_CLASSES,
@@ -186,12 +185,12 @@ def _check_modalities(p: Params, source: str) -> None:
     for grid in _grids(p):
         _check_grid(f"{source}: {grid.where}", p.models[grid.arch].modality, grid.arch, grid.attacks, grid.metrics)
         victim = probe(p.models[grid.arch], grid.arch)
+        fits = [a for a, m in ATTACK_MODALITY.items() if m == victim.modality and _has_parts(a, victim)]
         for key, attack in grid.attacks:
-            what, check = ATTACK_NEEDS.get(attack, (None, None))
-            if check is not None and not check(victim):
+            if not _has_parts(attack, victim):
                 raise ConfigError(
-                    f"{source}: {grid.where}.{key}: {attack!r} reads {what}, which model {grid.arch!r} lacks; "
-                    f"allowed: an attack whose parts the model has"
+                    f"{source}: {grid.where}.{key}: {attack!r} reads {ATTACK_NEEDS[attack][0]}, which model "
+                    f"{grid.arch!r} lacks; allowed: {', '.join(fits) or 'none'}"
                 )
         if "trained" in grid.victims and not p.models[grid.arch].pretrain.epochs:
             epochs = f"models.{grid.arch}.pretrain.epochs"
@@ -199,6 +198,11 @@ def _check_modalities(p: Params, source: str) -> None:
                 f"{source}: {grid.where}.victims: 'trained' needs a pretraining, but {epochs} is 0; "
                 f"allowed: untrained, or trained with {epochs} > 0"
             )
+
+
+def _has_parts(attack: str, victim: Victim) -> bool:
+    """Whether the victim has every part `attack` reads (`attacks.NEEDS`; an attack not listed reads none)."""
+    return attack not in ATTACK_NEEDS or ATTACK_NEEDS[attack][1](victim)
 
 
 def _check_grid(where: str, modality: str, arch: str, attacks: list[tuple[str, str]], metrics: list[str]) -> None:
@@ -245,17 +249,10 @@ def _check_limits(p: Params, source: str) -> None:
 
 
 def _check_rounds(grid: _Grid, source: str, modality: str) -> None:
-    """A multi-round update needs attacks that combine rounds and peers the pretraining pool can hold."""
+    """A multi-round update needs peers the pretraining pool can hold (every attack combines rounds)."""
     for key, update in grid.updates:
         if update.rounds == 1:
             continue
-        for attack_key, attack in grid.attacks:
-            if attack not in ATTACK_ROUNDS:
-                allowed = ", ".join(sorted(a for a in ATTACK_ROUNDS if ATTACK_MODALITY[a] == modality)) or "none yet"
-                raise ConfigError(
-                    f"{source}: {grid.where}.{attack_key}: {attack!r} does not combine rounds and {key} has "
-                    f"rounds {update.rounds}; {modality} attacks allowed with rounds > 1: {allowed}"
-                )
         pool = PRETRAIN_POOL[modality]
         peers = (update.clients - 1) * update.batch_size
         if peers > pool:

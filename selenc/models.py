@@ -459,6 +459,7 @@ def build_victim(
         _train_mode(victim.model)
     for p in victim.model.parameters():  # nothing data-dependent on the module an attacker is handed
         p.grad = None
+    victim.layout  # noqa: B018  (discovered now, never first inside a torch.func transform)
     return victim
 
 

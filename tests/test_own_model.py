@@ -121,7 +121,8 @@ MALFORMED = {
     ),
     "an attack it cannot take": (
         {"builder": "bad_builders:conv_head"},
-        "sweep.mine.attacks.1: 'linear' reads a last linear layer with one weight row per class",
+        "sweep.mine.attacks.1: 'linear' reads a last linear layer with one weight row per class (labels are read "
+        "from it), which model 'mine' lacks; allowed: dlg, ig",
     ),
 }
 

@@ -7,6 +7,7 @@ import torch
 from selenc import trial as trial_mod
 from selenc.attacks import ATTACKS
 from selenc.attacks.image.matching import Matching, observed_distance
+from selenc.attacks.text.objective import Distance
 from selenc.config import parse_params
 from selenc.gradients import at_weights, client_update, model_weights
 from selenc.models import Batch, client_targets, target_batch
@@ -117,16 +118,46 @@ def test_the_joint_objective_is_the_sum_over_rounds_and_its_gradient_matches_fin
     assert observed_distance(observed, double, "mask_aware", batch.inputs, y, "l2") < 1e-20
 
 
-def test_multi_round_grids_are_refused_where_nothing_can_run_them(raw):
-    text = {"metrics": ["embedding_rows"], "ratios": [0.05], "attacks": ["tag"], "updates": [{"rounds": 4}]}
-    raw["sweep"]["gpt2"]["slices"] = [*raw["sweep"]["gpt2"].get("slices", []), text]
-    at = len(raw["sweep"]["gpt2"]["slices"]) - 1
-    with pytest.raises(ConfigError) as info:
-        parse_params(raw)
-    assert str(info.value) == (
-        f"params: sweep.gpt2.slices.{at}.attacks.0: 'tag' does not combine rounds and sweep.gpt2.slices.{at}"
-        ".updates.0 has rounds 4; text attacks allowed with rounds > 1: dager, token_leakage"
+@pytest.mark.parametrize("kind", ["l2_l1", "layer_cosine"])
+def test_the_text_distance_over_rounds_combines_each_rounds_under_its_own_model(small, victims, kind):
+    """TAG's distance over two rounds is the sum of each round's (LAMP's layer cosine: their mean), each round's
+    update taken under that round's global model, and it differentiates in the dummy embeddings."""
+    victim = victims["gpt2"]
+    point = {"arch": "gpt2", "attack": "tag", "metric": "embedding_rows", "ratio": 0.0}
+    observed = trial_mod.prepare(rounds_point(2, **point), small, victim).observed
+    joint = Distance([observed], victim, ["mask_aware"], kind, alpha=1.0)
+    alone = [Distance([observed.round(r)], observed.victim_at(victim, r), ["mask_aware"], kind, 1.0) for r in (0, 1)]
+    gen = torch.Generator().manual_seed(0)
+    table = victim.model.get_input_embeddings().weight.detach()
+    embeds = table[torch.randint(0, table.shape[0], (1, 6), generator=gen)] + 0.01 * torch.randn(
+        1, 6, 128, generator=gen
     )
+    labels, mask = torch.tensor([1]), torch.ones(1, 6, dtype=torch.long)
+    per_round = [d.value(embeds, labels, mask, *d.row()) for d in alone]
+    combined = sum(per_round) if kind == "l2_l1" else sum(per_round) / 2
+    torch.testing.assert_close(joint.value(embeds, labels, mask, *joint.row()), combined, rtol=1e-4, atol=1e-6)
+    assert not torch.isclose(per_round[0], per_round[1], rtol=1e-3, atol=0.0)
+    grad = torch.func.grad(lambda e: joint.value(e, labels, mask, *joint.row()))(embeds)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_tag_and_lamp_attack_every_round_jointly(small, victims):
+    victim = victims["gpt2"]
+    point = {"arch": "gpt2", "attack": "tag", "metric": "embedding_rows", "ratio": 0.2}
+    one = trial_mod.prepare(grid_point(**point), small, victim).observed
+    frozen = trial_mod.prepare(rounds_point(3, "frozen", **point), small, victim).observed
+    for name in ("tag", "lamp"):
+        cfg = small.attacks.of(name).model_copy(update={"steps": 3, "restarts": 1})
+        alone, joint = (ATTACKS[name](o, victim, cfg, "mask_aware", 5) for o in (one, frozen))
+        assert joint.token_ids and len(joint.labels) == 1
+        # a frozen mask shows the first round's embedding rows in every round: the same vocabulary and length
+        assert joint.info["vocab_size"] == alone.info["vocab_size"] and joint.info["length"] == alone.info["length"]
+
+
+def test_multi_round_grids_are_refused_where_nothing_can_run_them(raw):
+    text = {"metrics": ["embedding_rows"], "ratios": [0.05], "attacks": ["tag", "lamp"], "updates": [{"rounds": 4}]}
+    raw["sweep"]["gpt2"]["slices"] = [*raw["sweep"]["gpt2"].get("slices", []), text]
+    parse_params(raw)  # every text attack combines rounds
     raw["sweep"]["gpt2"]["slices"].pop()
     image = {"metrics": ["magnitude"], "ratios": [0.3], "attacks": ["dlg", "linear"]}
     raw["sweep"]["lenet"]["slices"] = [image | {"updates": [{"rounds": 4, "clients": 3000, "batch_size": 2}]}]

@@ -7,15 +7,15 @@ one vectorised optimisation) and `ANALYTIC` (name -> one trial). From those, her
 - `BATCHED[name](observed_list, victim, cfg, threat_models, seeds) -> [AttackResult]`: a batch of independent trials
   (one model); an analytic attack runs its trials one after another;
 - `ATTACKS[name](observed, victim, cfg, threat_model, seed) -> AttackResult`: one trial;
-- `ROUNDS`: the attacks that match one candidate against every round of a federated run (`config` refuses the others
-  on a multi-round update);
 - `NEEDS[name]`: (what, check) for an attack that reads a part not every model has: `config` refuses it on a model
   whose `Victim` fails the check, naming what is missing;
 - `PUBLISHED_STEPS[name]`: the optimisation budget of the original procedure (None: analytic, or none published), so
   that findings can state how the study's budgets compare.
 
 cfg is the attack's knobs (`settings.Attacks.of(name)`: None for the analytic `token_leakage` and `dager`). See
-`base` for the threat models.
+`base` for the threat models. Every attack takes a multi-round view (`ObservedUpdate.rounds` > 1) too: one candidate
+matched against every round under its own global model (optimisation attacks), or the rounds' readings combined
+(analytic ones).
 """
 
 from collections.abc import Callable
@@ -34,7 +34,6 @@ BATCHED: dict[str, Callable[..., list[AttackResult]]] = {
     name: fn for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: one_by_one(fn) for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
 PUBLISHED_STEPS: dict[str, int | None] = image.PUBLISHED_STEPS | text.PUBLISHED_STEPS  # the originals' budgets
-ROUNDS = image.ROUNDS | text.ROUNDS  # the attacks that combine the rounds of a federated run
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     name: one_trial(fn) for pkg in _PACKAGES.values() for name, fn in pkg.VECTORISED.items()
 } | {name: fn for pkg in _PACKAGES.values() for name, fn in pkg.ANALYTIC.items()}
@@ -60,7 +59,6 @@ __all__ = [
     "MODALITY",
     "NEEDS",
     "PUBLISHED_STEPS",
-    "ROUNDS",
     "VECTORISED",
     "AttackResult",
     "Matcher",

@@ -51,7 +51,4 @@ ANALYTIC: dict[str, Callable[..., AttackResult]] = {}  # one trial at a time; th
 # Inverting Gradients 24,000 signed-Adam iterations. The linear-layer inversion's features are analytic; its image
 # search has no published budget (None).
 PUBLISHED_STEPS: dict[str, int | None] = {"dlg": 6000, "idlg": 6000, "ig": 24000, "linear": None}
-# The attacks that match one candidate against every round of a federated run (`ObservedUpdate.rounds` > 1).
-ROUNDS = frozenset({"dlg", "idlg", "ig", "linear"})
-
-__all__ = ["ANALYTIC", "ROUNDS", "VECTORISED"]
+__all__ = ["ANALYTIC", "VECTORISED"]

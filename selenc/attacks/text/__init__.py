@@ -27,6 +27,4 @@ ANALYTIC: dict[str, Callable[..., AttackResult]] = {"token_leakage": token_leaka
 # The optimisation budget of each attack's original procedure (Adam steps), against which the study's budgets
 # (`attacks.text.<name>.steps`) are stated: TAG ~1,000 iterations, LAMP 2,000 steps. The analytic attacks have none.
 PUBLISHED_STEPS: dict[str, int | None] = {"tag": 1000, "lamp": 2000, "token_leakage": None, "dager": None}
-ROUNDS = frozenset({"token_leakage", "dager"})  # the attacks that combine the rounds of a federated run
-
-__all__ = ["ANALYTIC", "ROUNDS", "VECTORISED"]
+__all__ = ["ANALYTIC", "VECTORISED"]

@@ -35,6 +35,7 @@ from selenc.attacks.base import AttackResult, Timer, seeded
 from selenc.attacks.text.decoding import Decoder, vocabulary
 from selenc.attacks.text.objective import Distance
 from selenc.attacks.text.reading import (
+    Leakage,
     SeenRows,
     frame,
     label_candidates,
@@ -114,12 +115,23 @@ class Reading:
 
 
 def read(observed: ObservedUpdate, victim: Victim, threat_model: str, method: EmbeddingAttack) -> Reading:
-    """A trial's decoder (length, vocabulary), label candidates and the `info` facts they came from."""
+    """A trial's decoder (length, vocabulary), label candidates and the `info` facts they came from. Over rounds
+    (the same batch in every message) the rounds' readings combine: the token sets unite (`Leakage.unite`), a length
+    pinned by some round's position rows wins (else the longest lower bound), and the label multisets every round
+    allows are kept (else the fewest any round allows)."""
     cfg = method.cfg
-    reader = SeenRows(observed, threat_model)
-    leak = leakage(observed, victim, threat_model, reader)
-    length, length_source = sequence_length(observed, victim, threat_model, leak, reader)
-    cands, label_source = label_candidates(observed, victim, threat_model, reader)
+    views = [observed.round(r) for r in range(observed.rounds)]
+    readers = [SeenRows(o, threat_model) for o in views]
+    leaks = [leakage(o, victim, threat_model, r) for o, r in zip(views, readers, strict=True)]
+    leak = Leakage.unite(leaks) if len(leaks) > 1 else leaks[0]
+    lengths = [sequence_length(o, victim, threat_model, lk, r) for o, lk, r in zip(views, leaks, readers, strict=True)]
+    pinned = [x for x in lengths if x[1] == "position_rows"]
+    length, length_source = pinned[0] if pinned else max(lengths, key=lambda x: x[0])
+    per_round = [label_candidates(o, victim, threat_model, r) for o, r in zip(views, readers, strict=True)]
+    cands, label_source = min(per_round, key=lambda x: len(x[0]))
+    common = [c for c in cands if all(c in other for other, _ in per_round)]
+    cands = common or cands
+    reader = readers[0]
     allowed, required, vocab_source = vocabulary(leak, victim.tokenizer, cfg.restrict_vocab)
     info = {
         "method": method.name,
@@ -281,7 +293,8 @@ class Search:
         )
         self.typical = decoder0.typical_norm
         self.eager = not VECTORISE[victim.device.type]
-        per_row = 12 * 4 * distance.target.shape[1] + 4 * rows.x[0].numel() * 64  # update, targets, grads; activations
+        # update, targets, grads (per round); activations
+        per_row = 12 * 4 * distance.target[0].numel() + 4 * rows.x[0].numel() * 64 * distance.rounds
         self.chunk = _chunk(per_row, len(rows), victim.device)
         if self.eager:  # the same row functions, one row at a time through plain autograd, each at its own length
             self.step = _row_by_row(_unpadded(self.loss_row), grad=True)

@@ -16,6 +16,11 @@ every coordinate, against the zero-filled update), so trials with different mask
   with the float rounding of each call) left out. The global cosine of `Matcher.cosine` is dominated on the MiniLM
   encoder by the pooler and classifier gradients (~77% of the squared norm), which say little about the tokens: measured
   ROUGE-1 0.44 against 0.83 per tensor (3 sentences), so LAMP uses the per-tensor form.
+
+**Over rounds** (`ObservedUpdate.rounds` > 1: one client's messages of a federated run) a row's targets, weights and
+norms carry a round axis and its trial's global model per round (`models`); the distance is the rounds' sum (L2 + L1)
+or mean (layer cosine) of each round's distance, its update computed under that round's model (`torch.func.vmap`
+over the rounds inside the vmap over rows).
 """
 
 from __future__ import annotations
@@ -48,63 +53,85 @@ class Distance:
         self.kind, self.alpha = kind, alpha
         layout, device = observed[0].layout, victim.device
         word = victim.word_embedding()[0]
+        self.rounds = observed[0].rounds
+        if any(o.rounds != self.rounds for o in observed):
+            raise ValueError("the trials of one batch must observe the same number of rounds")
         targets, weights = [], []
         for obs, tm in zip(observed, threat_models, strict=True):
-            t = obs.zero_filled().to(device)
-            w = torch.ones_like(t) if tm == "zero_fill" else (~obs.mask).to(device=device, dtype=t.dtype)
+            views = [obs.round(r) for r in range(self.rounds)]
+            t = torch.stack([o.zero_filled() for o in views]).to(device)  # (R, n)
+            w = torch.ones_like(t) if tm == "zero_fill" else torch.stack([~o.mask for o in views]).to(device, t.dtype)
             targets.append(t * w)
             weights.append(w)
-        target, weight = torch.stack(targets), torch.stack(weights)  # (N, n)
+        target, weight = torch.stack(targets), torch.stack(weights)  # (N, R, n)
         self.blind = [not bool(w.any()) for w in weights]  # mask-aware with every coordinate encrypted
+        # each trial's global model per round (rows of one trial share it); None: one message, the victim's own
+        self.models = torch.stack([o.weights for o in observed]).to(device) if self.rounds > 1 else None
+        if self.rounds == 1:
+            target, weight = target[:, 0], weight[:, 0]  # (N, n)
         word_span = layout.span(word)
-        compared = weight.any(0)
+        compared = weight.reshape(-1, weight.shape[-1]).any(0)
         generic = observed[0].public.update.kind != "fedsgd"  # FedAvg: every parameter moves during local steps
         self.names = [n for n in layout.names if n != word and (generic or bool(compared[layout.span(n)].any()))]
         spans = [layout.span(n) for n in self.names]
-        # (N, n_L); nothing compared (every trial blind) leaves n_L = 0
-        self.target = torch.cat([target[:, s] for s in spans] or [target[:, :0]], 1)
-        self.weight = torch.cat([weight[:, s] for s in spans] or [weight[:, :0]], 1)
+        # (N, n_L), over rounds (N, R, n_L); nothing compared (every trial blind) leaves n_L = 0
+        self.target = torch.cat([target[..., s] for s in spans] or [target[..., :0]], -1)
+        self.weight = torch.cat([weight[..., s] for s in spans] or [weight[..., :0]], -1)
         sizes = [s.stop - s.start for s in spans]
         self.sizes, self.offsets = tuple(sizes), [0, *itertools.accumulate(sizes)]
         self.segment = torch.repeat_interleave(
             torch.arange(len(sizes), device=device), torch.tensor(sizes, dtype=torch.long, device=device)
         )
-        pieces = self.target.split(sizes, 1)
-        self.target_norms = torch.stack([p.square().sum(1) for p in pieces], 1).sqrt() if sizes else target[:, :0]
-        # per trial and tensor: every coordinate compared (the weight can be skipped)
-        self.dense = torch.stack([p.bool().all(1) for p in self.weight.split(sizes, 1)], 1) if sizes else target[:, :0]
+        pieces = self.target.split(sizes, -1)
+        none = target[..., :0]
+        self.target_norms = torch.stack([p.square().sum(-1) for p in pieces], -1).sqrt() if sizes else none
+        # per trial (and round) and tensor: every coordinate compared (the weight can be skipped)
+        self.dense = torch.stack([p.bool().all(-1) for p in self.weight.split(sizes, -1)], -1) if sizes else none
         if sizes:
-            negligible = self.target_norms <= NEGLIGIBLE * self.target_norms.amax(1, keepdim=True)
+            negligible = self.target_norms <= NEGLIGIBLE * self.target_norms.amax(-1, keepdim=True)
             self.target_norms = torch.where(negligible, 0.0, self.target_norms)  # 0: left out of the layer cosine
-        word_t = target[:, word_span].double()
-        self.constant = (word_t.square().sum(1) + alpha * word_t.abs().sum(1)).to(target.dtype)  # (N,)
+        word_t = target[..., word_span].double()
+        constant = word_t.square().sum(-1) + alpha * word_t.abs().sum(-1)
+        self.constant = (constant if self.rounds == 1 else constant.sum(-1)).to(target.dtype)  # (N,)
         self._update = batch_update(victim, observed[0].public.update, self.names)
         self.victim, self.generic = victim, generic
         named = dict(victim.model.named_parameters())
         self._leaves = [named[n] for n in self.names]
 
     def rows(self, trials: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per-row inputs of `value` for rows of the given trials: (target, weight, target norms, constant)."""
+        """Per-row inputs of `value` for rows of the given trials: (target, weight, target norms, constant, dense),
+        and over rounds the trial's global models."""
         per_trial = (self.target, self.weight, self.target_norms, self.constant, self.dense)
+        per_trial += () if self.models is None else (self.models,)
         return tuple(t.index_select(0, trials) for t in per_trial)
 
     def row(self, trial: int = 0) -> list[torch.Tensor]:
         """`rows` for one row of trial `trial` (no row dimension)."""
         return [t[0] for t in self.rows(torch.tensor([trial], device=self.target.device))]
 
-    def value(self, embeds, labels, mask, target, weight, target_norms, constant, dense, eager: bool = False):
+    def value(self, embeds, labels, mask, target, weight, target_norms, constant, dense, models=None, eager=False):
         """One row's distance: dummy embeddings (B, T, E), labels (B,), attention mask (B, T) and the row's part of
-        `rows` (target and 0/1 weight over the compared parameters, per-tensor target norms, constant).
+        `rows` (target and 0/1 weight over the compared parameters, per-tensor target norms, constant; over rounds
+        each with a round axis, and the global model per round).
 
         The update is a torch.func function (vmaps over rows) or, with `eager`, plain autograd on the model's
         parameters (one row; differentiable when grad mode is on): the same values, fewer dispatch layers, which is
         what one row on a CPU wants."""
         batch = Batch(embeds, labels, mask)
+        if models is not None:
+            per_round = torch.func.vmap(lambda *a: self._distance(self._update(batch, a[0]), *a[1:]))
+            values = per_round(models, target, weight, target_norms)
+            return values.sum() + constant if self.kind == "l2_l1" else values.mean()
         if eager and not self.generic:
             return self._eager_value(batch, target, weight, target_norms, constant, dense.tolist())
-        d = self._update(batch)
+        value = self._distance(self._update(batch), target, weight, target_norms)
+        return value + constant if self.kind == "l2_l1" else value
+
+    def _distance(self, d, target, weight, target_norms) -> torch.Tensor:
+        """The distance of update `d` (over the compared parameters) to one target, the token table's constant left
+        out."""
         if self.kind == "l2_l1":
-            return _L2L1.apply(d, target, weight, self.alpha)[0] + constant
+            return _L2L1.apply(d, target, weight, self.alpha)[0]
         return _LayerCosine.apply(d, target, weight, target_norms, self.segment, self.sizes)[0]
 
     def _eager_value(self, batch: Batch, target, weight, target_norms, constant, dense: list[bool]) -> torch.Tensor:

@@ -131,6 +131,19 @@ class Leakage:
         """Every token that can be in the batch given what is seen: leaked ∪ unknown, ascending."""
         return torch.cat([self.leaked, self.unknown]).sort().values
 
+    @staticmethod
+    def unite(readings: list[Leakage]) -> Leakage:
+        """What several rounds over the same batch say together: a token leaked in any round is in the batch, a row
+        is unknown only if no round showed or leaked it, and read off the mask alone if no round showed it."""
+        leaked = set().union(*(r.leaked.tolist() for r in readings))
+        unknown = set.intersection(*(set(r.unknown.tolist()) for r in readings)) - leaked
+        shown = set().union(*(set(r.leaked.tolist()) - set(r.from_mask.tolist()) for r in readings))
+
+        def ids(tokens: set[int]) -> torch.Tensor:
+            return torch.tensor(sorted(tokens), dtype=torch.long)
+
+        return Leakage(ids(leaked), ids(unknown), readings[0].vocab_size, ids(leaked - shown))
+
 
 def leakage(
     observed: ObservedUpdate, victim: Victim, threat_model: str = "mask_aware", rows: SeenRows | None = None
