@@ -332,7 +332,8 @@ def rounds_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
     for arch in archs:
         for cell, per_update in (metrics[arch].get("rounds") or {}).items():
             for label, e in per_update.items():
-                row = {"arch": arch, "cell": cell, "update": label, "samples": e["n_samples"], "median": e["median"]}
+                row = {"arch": arch, "cell": cell, "update": label, "attacks": e["attacks"], "samples": e["n_samples"]}
+                row["median"] = e["median"]
                 row |= {"95% CI": f"[{e['ci_low']:.3g}, {e['ci_high']:.3g}]", "HE MB per run": e["he_mb_run"]}
                 for level in _levels(e):
                     if level != "gap":
@@ -376,7 +377,8 @@ def rounds_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
                     f"{e['he_mb_run']:.3g} MB of HE per run"
                 )
             if parts:
-                lines.append(f"**{arch}, {cell}**: " + " — ".join(parts) + ".")
+                attacks = next(iter(per_update.values()))["attacks"]
+                lines.append(f"**{arch}, {cell}** (strongest of {attacks}): " + " — ".join(parts) + ".")
     return "\n\n".join(lines) or "No cell ran over several rounds."
 
 

@@ -77,15 +77,20 @@ def updates_vs_ratio(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
 
 def rounds_paired(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
     """The strongest attacker's success per sample with one round and with several under each mask policy, a panel
-    per masked cell run over several rounds, each sample's line joining its updates (`rows`: `stats.update_rows`);
-    None when `arch` ran no cell over several rounds."""
-    data = rows[(rows.arch == arch) & (rows.ratio > 0) & (rows.ratio < 1)]
+    per masked cell run over several rounds (a row per metric), each sample's line joining its updates (`rows`:
+    `stats.rounds_rows`, one adversary per cell); None when `arch` ran no cell over several rounds."""
+    data = rows[rows.arch == arch]
     cells = sorted({(m, r) for m, r in data.loc[data.rounds > 1, ["metric", "ratio"]].itertuples(index=False)})
     if not cells:
         return None
     _, label = success_column(data)
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
-    for ax, (metric, ratio) in zip(axes[0], cells, strict=True):
+    metrics = sorted({m for m, _ in cells})
+    width = max(sum(m == metric for m, _ in cells) for metric in metrics)
+    fig, axes = plt.subplots(len(metrics), width, figsize=(4.2 * width, 3.4 * len(metrics)), squeeze=False)
+    slots = {cell: axes[metrics.index(cell[0])][[c for c in cells if c[0] == cell[0]].index(cell)] for cell in cells}
+    for ax in axes.flat:
+        ax.set_visible(ax in slots.values())
+    for (metric, ratio), ax in slots.items():
         cell = data[(data.metric == metric) & (data.ratio == ratio)]
         order = sorted(cell["update"].unique(), key=lambda u: (" R=" in u, u))  # one round first
         wide = cell.pivot_table(index=["init", "trial"], columns="update", values="success")[order]
@@ -94,7 +99,8 @@ def rounds_paired(rows: pd.DataFrame, arch: str) -> plt.Figure | None:
             ax.plot(x, sample.to_numpy(), color="0.6", marker="o", lw=1)
         ax.plot(x, wide.median().to_numpy(), color="C3", marker="D", lw=2, label="median")
         ax.set_xticks(x, [u.replace(" R=", "\nR=") for u in order], fontsize=8)
-        ax.set(title=f"{metric}, ρ={ratio:g} ({len(wide)} samples)", ylabel=label)
+        attacks = cell.attacks.iloc[0]
+        ax.set(title=f"{metric}, ρ={ratio:g} ({len(wide)} samples, {attacks})", ylabel=label)
         ax.legend(fontsize=8)
     fig.suptitle(f"{arch}: the strongest attacker over rounds, same clients (lower = better protected)")
     fig.tight_layout()

@@ -364,27 +364,43 @@ def update_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
     return out
 
 
-def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
-    """What combining rounds changes, per architecture and masked cell ("<metric> <ratio>") that ran several rounds,
-    for the strongest attacker of the rows the guidelines read: per update of the cell (`update` label; the one-round
-    updates of the same clients first, `one_round` naming each update's) its samples, median success with the
-    bootstrap interval, per level the protected samples with their Wilson interval, the HE megabytes of the whole run
-    (median over samples) and, for several rounds, the paired gap to one round on the same samples (success with R
-    rounds minus with one, per sample; positive: the rounds leak more), with the exact Wilcoxon p."""
-    strong = update_rows(table, cfg)
-    strong = strong[(strong.ratio > 0) & (strong.ratio < 1)]
-    out: dict[str, dict[str, dict]] = {}
-    for (arch, metric, ratio), cell in strong.groupby(["arch", "metric", "ratio"]):
+def rounds_rows(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
+    """The strongest attacker's rows (one per sample) of every masked cell run over several rounds and of the
+    one-round updates of the same clients, for the rows the guidelines read, each with its `update` label and its
+    adversary (`attacks`). One adversary per cell: the attacks that ran on every sample under every update of the
+    cell, so a rounds slice that runs fewer attacks than the one-round grid is paired with one round under those
+    attacks only, never with a stronger one-round adversary."""
+    rows = trials(every_update(table, cfg), cfg.levels)
+    rows = rows[(rows.attack != STRONGEST) & (rows.ratio > 0) & (rows.ratio < 1)]
+    rows = rows.assign(update=update_labels(rows))
+    parts = []
+    for _, cell in rows.groupby(["arch", "metric", "ratio"]):
         several = cell[cell.rounds > 1]
         if several.empty:
             continue
-        single = cell[cell["update"].isin({_one_round(label) for label in several["update"]})]
-        entry = {}
-        for label, group in [*single.groupby("update"), *several.groupby("update")]:
+        cell = cell[(cell.rounds > 1) | cell["update"].isin({_one_round(label) for label in several["update"]})]
+        attacks = frozenset.intersection(*cell.groupby(["update", *SAMPLE]).attack.agg(frozenset))
+        if attacks:
+            strong = strongest(cell[cell.attack.isin(attacks)])
+            parts.append(strong.assign(update=update_labels(strong), attacks="+".join(sorted(attacks))))
+    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0].assign(attacks="")
+
+
+def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """What combining rounds changes, per architecture and masked cell ("<metric> <ratio>") that ran several rounds,
+    for its strongest attacker (`rounds_rows`): per update of the cell (`update` label; the one-round updates of the
+    same clients first, `one_round` naming each update's) its samples, median success with the bootstrap interval,
+    per level the protected samples with their Wilson interval, the HE megabytes of the whole run (median over
+    samples) and, for several rounds, the paired gap to one round on the same samples (success with R rounds minus
+    with one, per sample; positive: the rounds leak more), with the exact Wilcoxon p."""
+    out: dict[str, dict[str, dict]] = {}
+    for (arch, metric, ratio), cell in rounds_rows(table, cfg).groupby(["arch", "metric", "ratio"]):
+        single, entry = cell[cell.rounds == 1], {}
+        for label, group in [*single.groupby("update"), *cell[cell.rounds > 1].groupby("update")]:
             per = group.set_index(SAMPLE)
             med, low, high = median_ci(per.success.to_numpy(), seed)
-            row = {"rounds": int(per.rounds.iloc[0]), "n_samples": len(per), "median": med, "ci_low": low}
-            row |= {"ci_high": high, "he_mb_run": float(per.he_bytes_run.median()) / 1e6}
+            row = {"rounds": int(per.rounds.iloc[0]), "attacks": per.attacks.iloc[0], "n_samples": len(per)}
+            row |= {"median": med, "ci_low": low, "ci_high": high, "he_mb_run": float(per.he_bytes_run.median()) / 1e6}
             for name in cfg.levels:
                 k = int(per[f"protected_{name}"].sum())
                 share_low, share_high = wilson(k, len(per))

@@ -211,7 +211,10 @@ def test_rounds_findings_say_which_policy_holds_one_rounds_protection_and_at_wha
     assert shown.loc["fedsgd B=1 R=4 frozen", "HE MB per run"] == 4
     assert shown.loc["fedsgd B=1 R=4 fresh", "gap vs 1 round"] == 19.0
     text = findings.rounds_sentences(metrics, ["lenet"], params.guidelines)
-    assert "**lenet, magnitude 0.3**" in text and "*fedsgd B=1 R=4 fresh*: median PSNR (dB) **26**" in text
+    assert (
+        "**lenet, magnitude 0.3** (strongest of dlg)" in text
+        and "*fedsgd B=1 R=4 fresh*: median PSNR (dB) **26**" in text
+    )
     assert "does not protect at the strict level (0/5, one round 5/5)" in text
     assert "*fedsgd B=1 R=4 frozen*" in text and "protects at the strict level (5/5, one round 5/5)" in text
     assert "+19 per sample against one round" in text and "4 MB of HE per run" in text

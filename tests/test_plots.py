@@ -104,11 +104,25 @@ def test_rounds_paired_joins_each_samples_one_round_to_its_rounds(params):
     federation = {"rounds": 4, "clients": 4, "server_lr": 1.0}
     fresh = pd.DataFrame(rows("dlg", "magnitude", {0.3: [30.0, 31.0, 32.0, 33.0, 34.0]})).assign(**federation)
     frozen = pd.DataFrame(rows("dlg", "magnitude", {0.3: 20.0})).assign(mask_policy="frozen", **federation)
-    data = stats.update_rows(pd.concat([one, fresh, frozen], ignore_index=True), params.guidelines)
+    data = stats.rounds_rows(pd.concat([one, fresh, frozen], ignore_index=True), params.guidelines)
     fig = plots.rounds_paired(data, "lenet")
     (ax,) = fig.axes
+    assert ax.get_title() == "magnitude, ρ=0.3 (5 samples, dlg)"
     lines = [tuple(ln.get_ydata().tolist()) for ln in ax.lines]
     assert (10.0, 30.0, 20.0) in lines and (14.0, 34.0, 20.0) in lines and (12.0, 32.0, 20.0) in lines  # the median
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["fedsgd B=1", "fedsgd B=1\nR=4 fresh", "fedsgd B=1\nR=4 frozen"]
-    assert plots.rounds_paired(stats.update_rows(one, params.guidelines), "lenet") is None
+    assert plots.rounds_paired(stats.rounds_rows(one, params.guidelines), "lenet") is None
+
+
+def test_rounds_paired_puts_each_metric_on_its_own_row(params):
+    federation = {"rounds": 4, "clients": 4, "server_lr": 1.0}
+    parts = []
+    for metric, ratios in (("magnitude", {0.3: 10.0, 0.6: 8.0}), ("random", {0.3: 20.0})):
+        parts += [
+            pd.DataFrame(rows("linear", metric, ratios)),
+            pd.DataFrame(rows("linear", metric, ratios)).assign(**federation),
+        ]
+    fig = plots.rounds_paired(stats.rounds_rows(pd.concat(parts, ignore_index=True), params.guidelines), "lenet")
+    shown = [ax.get_title().split(" (")[0] for ax in fig.axes if ax.get_visible()]
+    assert shown == ["magnitude, ρ=0.3", "magnitude, ρ=0.6", "random, ρ=0.3"] and len(fig.axes) == 4

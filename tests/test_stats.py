@@ -275,6 +275,22 @@ def test_rounds_effect_pairs_each_policy_against_one_round_on_the_same_samples(p
     assert "lenet" not in stats.rounds_effect(pd.DataFrame([r for r in table if r["rounds"] == 1]), params.guidelines)
 
 
+def test_rounds_effect_pairs_one_round_under_the_attacks_that_ran_on_every_update(params):
+    """One round ran DLG and the inversion, four rounds the inversion alone: the one-round side of the pair is the
+    inversion's, not the stronger DLG's, so the gap measures the rounds and not the missing attack."""
+    table = []
+    for change, rounds, dlg, linear in (({}, 1, 40.0, 20.0), ({"mask_policy": "fresh"}, 4, None, 25.0)):
+        federation = {"rounds": rounds, "clients": 4, "server_lr": 1.0} if rounds > 1 else {}
+        for attack, psnr in (("dlg", dlg), ("linear", linear)):
+            if psnr is not None:
+                part = rows(attack, "distance", {0.3: [psnr + t for t in range(5)]})
+                table += [r | federation | change | {"he_bytes_run": rounds * r["he_bytes"]} for r in part]
+    cell = stats.rounds_effect(pd.DataFrame(table), params.guidelines)["lenet"]["distance 0.3"]
+    one, fresh = cell["fedsgd B=1"], cell["fedsgd B=1 R=4 fresh"]
+    assert one["attacks"] == fresh["attacks"] == "linear"
+    assert one["median"] == 22.0 and fresh["gap"]["median"] == 5.0
+
+
 def test_a_baseline_is_broken_only_when_the_interval_of_its_protected_share_ends_below_the_rule(params):
     level = params.guidelines.levels["moderate"]  # min_protected 0.5
     assert [stats.baseline(k, 5, level) for k in range(6)] == ["broken"] + ["undecided"] * 4 + ["not broken"]
