@@ -7,8 +7,9 @@ those of `clients` − 1 peers, each on its own batch of the pretraining pool, d
 each other), FedSGD gradients and FedAvg deltas alike. Every θ_r is public: the server computed and sent it.
 
 Mask policies (`settings.MASK_POLICIES`), each round's mask chosen by the client from what it holds that round:
-- `fresh`: the round's own top-k (the one-round rule, every round): a coordinate hidden in one round can be visible in
-  the next, so an attacker combining rounds sees more than any one round shows;
+- `fresh`: the round's own top-k (the one-round rule, every round, its random draws made anew: `round_seed`): a
+  coordinate hidden in one round can be visible in the next, so an attacker combining rounds sees more than any one
+  round shows;
 - `frozen`: the first round's mask, reused: every round hides the same coordinates;
 - `union`: the union of the fresh masks so far: never reveals a coordinate once hidden, and grows the HE budget;
 - `consensus`: the top-k of the sum of the round's clients' scores (`selection`'s shared source over the federation's
@@ -25,7 +26,7 @@ import torch
 from selenc import data
 from selenc.gradients import at_weights, client_update, model_weights
 from selenc.models import Batch, Victim
-from selenc.settings import Update
+from selenc.settings import Update, derive_seed
 
 
 def peer_batches(victim: Victim, cfg: Update) -> list[Batch]:
@@ -79,6 +80,12 @@ def round_masks(policy: str, fresh: Callable[[int], torch.Tensor], rounds: int) 
     elif policy not in ("fresh", "consensus"):
         raise ValueError(f"unknown mask policy {policy!r}; allowed: fresh, frozen, union, consensus")
     return masks
+
+
+def round_seed(seed: int, r: int) -> int:
+    """The seed of round r's mask: round 0's is the one-round message's, every later round draws its own (a client
+    that picks a random mask, or samples its significance, does so again each round)."""
+    return seed if r == 0 else derive_seed(seed, "round", r)
 
 
 def round_rule(policy: str, r: int, metric: str, mask_source: str) -> tuple[str | None, str]:

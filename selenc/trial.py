@@ -30,7 +30,7 @@ from selenc.metrics import image_scores, text_scores
 from selenc.models import Batch, Victim, client_targets, init_tags, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.results import Outcome, encode_images
-from selenc.rounds import federated_run, peer_batches, round_masks, round_rule
+from selenc.rounds import federated_run, peer_batches, round_masks, round_rule, round_seed
 from selenc.selection import decoy_key, make_mask
 from selenc.settings import Params, derive_seed
 from selenc.significance import ClientView, client_scores
@@ -88,8 +88,8 @@ def prepare(trial: Trial, params: Params, victim: Victim) -> Prepared:
         run = federated_run(victim, batch, peers, update_cfg)
         voters = peers if update_cfg.mask_policy == "consensus" else []
 
-        def fresh(r: int) -> torch.Tensor:
-            return _mask(trial, params, run.victims[r], batch, run.updates[r], seed, voters)
+        def fresh(r: int) -> torch.Tensor:  # each round draws anew (random scores, Monte-Carlo draws, decoys)
+            return _mask(trial, params, run.victims[r], batch, run.updates[r], round_seed(seed, r), voters)
 
         masks = round_masks(update_cfg.mask_policy, fresh, update_cfg.rounds)
         views = []

@@ -69,6 +69,16 @@ def test_frozen_masks_show_one_rounds_coordinates_and_fresh_ones_show_more_each_
     assert row.hidden_all == k and row.hidden_total == int(union.masks.sum()) and row.k == k
 
 
+def test_random_fresh_masks_are_drawn_anew_each_round_and_frozen_ones_are_not(small, victims):
+    victim = victims["lenet"]
+    one = trial_mod.prepare(rounds_point(1, metric="random"), small, victim)
+    fresh = trial_mod.prepare(rounds_point(3, metric="random"), small, victim)
+    frozen = trial_mod.prepare(rounds_point(3, "frozen", metric="random"), small, victim)
+    assert torch.equal(fresh.masks[0], one.mask) and torch.equal(frozen.masks[0], one.mask)
+    assert not torch.equal(fresh.masks[1], fresh.masks[0]) and not torch.equal(fresh.masks[2], fresh.masks[1])
+    assert all(torch.equal(m, one.mask) for m in frozen.masks)
+
+
 def test_one_round_through_the_rounds_path_is_todays_attack(small, victims):
     victim = victims["lenet"]
     prepared = trial_mod.prepare(grid_point(), small, victim)
