@@ -338,6 +338,9 @@ def rounds_table(metrics: dict, archs: list[str]) -> pd.DataFrame:
                 for level in _levels(e):
                     if level != "gap":
                         row[f"{level}: protected"] = f"{e[level]['protected']}/{e['n_samples']}"
+                if e["rounds"] > 1:
+                    row["joint attack median"] = e["joint_median"]
+                    row["round 0 better"] = f"{e['first_round_better']}/{e['n_samples']}"
                 g = e["gap"]
                 if g:
                     row |= {"gap vs 1 round": g["median"], "gap 95% CI": f"[{g['ci_low']:.3g}, {g['ci_high']:.3g}]"}
@@ -371,9 +374,15 @@ def rounds_sentences(metrics: dict, archs: list[str], cfg: Guidelines) -> str:
                     if g
                     else "no one-round pair"
                 )
+                behind = (
+                    f" (round 0's own attack did better than the joint one on {e['first_round_better']} of "
+                    f"{e['n_samples']} samples; the joint attack alone: {e['joint_median']:.3g})"
+                    if e["first_round_better"]
+                    else ""
+                )
                 parts.append(
                     f"*{update}*: median {label} **{e['median']:.3g}** "
-                    f"({_interval(e)}), {gap}; {'; '.join(held)}; "
+                    f"({_interval(e)}){behind}, {gap}; {'; '.join(held)}; "
                     f"{e['he_mb_run']:.3g} MB of HE per run"
                 )
             if parts:

@@ -31,6 +31,9 @@ MAX_ROUNDS = 64  # rounds of a federated run whose messages one attacker combine
 # how a client's mask changes across rounds (`rounds.round_masks`): each round's own top-k | the first round's |
 # the union of the masks so far | the top-k of the sum of the round's clients' scores
 MASK_POLICIES: tuple[str, ...] = ("fresh", "frozen", "union", "consensus")
+# the policies whose round 0 is the one-round message of the same client (its own top-k): a server that keeps the
+# rounds holds that message too, so the rounds' strongest attacker includes the one-round attack (`stats.rounds_rows`)
+FIRST_ROUND_IS_ONE_ROUND = frozenset({"fresh", "frozen", "union"})
 # SEAL's largest modulus chain (total bits) per ring dimension at 128-bit security (seal::CoeffModulus::MaxBitCount)
 SEAL_MAX_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # a dask scheduler address: tcp://host:port, tls://host:port, host:port (IPv6 hosts in brackets), or inproc://...

@@ -35,7 +35,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from selenc.grid import Trial, effective_metric, update_fields, update_label
 from selenc.results import PSNR_CAP, SUCCESS, UPDATE, Cost, RunCost, finite
-from selenc.settings import Guidelines, PrivacyLevel
+from selenc.settings import FIRST_ROUND_IS_ONE_ROUND, Guidelines, PrivacyLevel
 
 SAMPLE = ["init", "trial"]  # a sample: one model initialisation and one real client batch, the unit of every test
 CELL = [f.name for f in dataclasses.fields(Trial) if f.name not in SAMPLE]  # a grid point minus its sample
@@ -369,7 +369,8 @@ def rounds_rows(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     one-round updates of the same clients, for the rows the guidelines read, each with its `update` label and its
     adversary (`attacks`). One adversary per cell: the attacks that ran on every sample under every update of the
     cell, so a rounds slice that runs fewer attacks than the one-round grid is paired with one round under those
-    attacks only, never with a stronger one-round adversary."""
+    attacks only, never with a stronger one-round adversary. Where round 0 is the one-round message
+    (`with_first_round`), the several-round rows hold that message's attack too."""
     rows = trials(every_update(table, cfg), cfg.levels)
     rows = rows[(rows.attack != STRONGEST) & (rows.ratio > 0) & (rows.ratio < 1)]
     rows = rows.assign(update=update_labels(rows))
@@ -382,8 +383,30 @@ def rounds_rows(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
         attacks = frozenset.intersection(*cell.groupby(["update", *SAMPLE]).attack.agg(frozenset))
         if attacks:
             strong = strongest(cell[cell.attack.isin(attacks)])
-            parts.append(strong.assign(update=update_labels(strong), attacks="+".join(sorted(attacks))))
-    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0].assign(attacks="")
+            strong = strong.assign(update=update_labels(strong), attacks="+".join(sorted(attacks)))
+            parts.append(with_first_round(strong.reset_index(drop=True)))
+    empty = rows.iloc[:0].assign(attacks="", joint_success=np.nan, first_round_better=False)
+    return pd.concat(parts, ignore_index=True) if parts else empty
+
+
+def with_first_round(strong: pd.DataFrame) -> pd.DataFrame:
+    """Strongest-attacker rows of one cell with the several-round rows' round 0 taken into account: under a policy
+    whose round 0 is the one-round message (`settings.FIRST_ROUND_IS_ONE_ROUND`) the server holds that message, so a
+    sample's success is the larger of the multi-round attack's (`joint_success`) and the one-round attack's on the
+    same sample, and it is protected only where both failed; `first_round_better` marks the samples where the
+    one-round attack did better than the joint one."""
+    flags = [c for c in strong if c.startswith("protected_")]
+    one = strong[strong.rounds == 1].set_index(["update", *SAMPLE])
+    base = one.reindex(pd.MultiIndex.from_arrays([strong["update"].map(_one_round), strong.init, strong.trial]))
+    holds = (strong.rounds > 1) & strong.mask_policy.isin(FIRST_ROUND_IS_ONE_ROUND) & base.success.notna().to_numpy()
+    out = strong.assign(joint_success=strong.success, first_round_better=False)
+    at = holds.to_numpy()
+    out.loc[holds, "first_round_better"] = base.success.to_numpy()[at] > out.success.to_numpy()[at]
+    out.loc[holds, "success"] = np.fmax(out.success.to_numpy()[at], base.success.to_numpy()[at])
+    out.loc[holds, "recovered"] = np.fmax(out.recovered.to_numpy()[at], base.recovered.to_numpy()[at])
+    for flag in flags:
+        out.loc[holds, flag] = out[flag].to_numpy()[at] & base[flag].to_numpy()[at].astype(bool)
+    return out
 
 
 def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[str, dict[str, dict]]:
@@ -400,6 +423,8 @@ def rounds_effect(table: pd.DataFrame, cfg: Guidelines, seed: int = 0) -> dict[s
             per = group.set_index(SAMPLE)
             med, low, high = median_ci(per.success.to_numpy(), seed)
             row = {"rounds": int(per.rounds.iloc[0]), "attacks": per.attacks.iloc[0], "n_samples": len(per)}
+            row["first_round_better"] = int(per.first_round_better.sum())  # samples the joint attack fell behind on
+            row["joint_median"] = float(per.joint_success.median())  # the multi-round attack's own
             row |= {"median": med, "ci_low": low, "ci_high": high, "he_mb_run": float(per.he_bytes_run.median()) / 1e6}
             for name in cfg.levels:
                 k = int(per[f"protected_{name}"].sum())

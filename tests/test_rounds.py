@@ -13,7 +13,7 @@ from selenc.gradients import at_weights, client_update, model_weights
 from selenc.models import Batch, client_targets, target_batch
 from selenc.observed import ObservedUpdate, observe
 from selenc.rounds import federated_run, peer_batches
-from selenc.settings import ConfigError
+from selenc.settings import FIRST_ROUND_IS_ONE_ROUND, MASK_POLICIES, ConfigError
 from tests.conftest import with_changes
 from tests.test_grid import trial as grid_point
 
@@ -77,6 +77,14 @@ def test_random_fresh_masks_are_drawn_anew_each_round_and_frozen_ones_are_not(sm
     assert torch.equal(fresh.masks[0], one.mask) and torch.equal(frozen.masks[0], one.mask)
     assert not torch.equal(fresh.masks[1], fresh.masks[0]) and not torch.equal(fresh.masks[2], fresh.masks[1])
     assert all(torch.equal(m, one.mask) for m in frozen.masks)
+
+
+def test_round_zero_is_the_one_round_message_exactly_under_the_policies_that_say_so(small, victims):
+    victim = victims["lenet"]
+    one = trial_mod.prepare(rounds_point(1), small, victim)
+    for policy in MASK_POLICIES:
+        first = trial_mod.prepare(rounds_point(2, policy), small, victim).masks[0]
+        assert torch.equal(first, one.mask) == (policy in FIRST_ROUND_IS_ONE_ROUND), policy
 
 
 def test_one_round_through_the_rounds_path_is_todays_attack(small, victims):

@@ -291,6 +291,25 @@ def test_rounds_effect_pairs_one_round_under_the_attacks_that_ran_on_every_updat
     assert one["median"] == 22.0 and fresh["gap"]["median"] == 5.0
 
 
+def test_the_rounds_attacker_holds_round_zero_where_it_is_the_one_round_message(params):
+    """Frozen and consensus rounds whose joint attack does worse than one round (10-14 dB against 20-24): the frozen
+    run's round 0 is the one-round message, so its strongest attacker reaches one round's success and protects no more;
+    the consensus run's round 0 is another mask, so its own attack stands."""
+    table = []
+    policies = (({}, 20.0, 1), ({"mask_policy": "frozen"}, 10.0, 4), ({"mask_policy": "consensus"}, 10.0, 4))
+    for change, psnr, rounds in policies:
+        federation = {"rounds": rounds, "clients": 4, "server_lr": 1.0} if rounds > 1 else {}
+        part = rows("dlg", "magnitude", {0.6: [psnr + t for t in range(5)]})
+        table += [r | federation | change | {"he_bytes_run": rounds * r["he_bytes"]} for r in part]
+    cell = stats.rounds_effect(pd.DataFrame(table), params.guidelines)["lenet"]["magnitude 0.6"]
+    one, frozen, consensus = cell["fedsgd B=1"], cell["fedsgd B=1 R=4 frozen"], cell["fedsgd B=1 R=4 consensus"]
+    assert frozen["median"] == one["median"] == 22.0 and frozen["joint_median"] == 12.0
+    assert frozen["first_round_better"] == 5 and frozen["gap"]["median"] == 0.0
+    assert frozen["moderate"]["protected"] == one["moderate"]["protected"] == 0
+    assert consensus["median"] == 12.0 and consensus["first_round_better"] == 0
+    assert consensus["moderate"]["protected"] == 5 and consensus["gap"]["median"] == -10.0
+
+
 def test_a_baseline_is_broken_only_when_the_interval_of_its_protected_share_ends_below_the_rule(params):
     level = params.guidelines.levels["moderate"]  # min_protected 0.5
     assert [stats.baseline(k, 5, level) for k in range(6)] == ["broken"] + ["undecided"] * 4 + ["not broken"]
