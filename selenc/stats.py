@@ -322,7 +322,9 @@ def baseline(protected_count: int, n: int, level: PrivacyLevel) -> str:
 
 def update_rows(table: pd.DataFrame, cfg: Guidelines) -> pd.DataFrame:
     """The strongest attacker's rows (one per cell and sample, no slices) of the attacker, mask source, ties and victim
-    the guidelines read, on every client update, each with its update's label (`update`)."""
+    the guidelines read, on every one-message client update (several rounds are `rounds_rows`'), each with its
+    update's label (`update`)."""
+    table = table[table.rounds == 1]
     strong = trials(every_update(table, cfg), cfg.levels)
     strong = strong[(strong.attack == STRONGEST) & ~strong.slice.astype(bool)]
     return strong.assign(update=update_labels(strong))

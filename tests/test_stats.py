@@ -235,6 +235,8 @@ def test_update_effect_pairs_each_update_against_the_guidelines_one_on_the_same_
                     attack, metric, {0.3: 99.0}, threat_model="zero_fill"
                 )
                 table += [r | update | {"recovered": share if attack == "linear" else 0.0} for r in part]
+    federation = {"rounds": 4, "clients": 4, "server_lr": 1.0, "he_bytes_run": 0}
+    table += [r | federation for r in rows("dlg", "magnitude", {0.3: 50.0})]  # rounds are `rounds_effect`'s
     effect = stats.update_effect(pd.DataFrame(table), params.guidelines)["lenet"]
     assert set(effect) == {"fedsgd B=1", "fedsgd B=4"}
     one, four = effect["fedsgd B=1"], effect["fedsgd B=4"]
