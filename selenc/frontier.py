@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from selenc import cache, data, engine, plots, stats
 from selenc.config import known_model, load_params
-from selenc.grid import UPDATE, Trial, distinct, update_fields, update_label
+from selenc.grid import ONE_ROUND, UPDATE, Trial, distinct, update_fields, update_label
 from selenc.results import Cost, Outcome, frontier_tables
 from selenc.search import PROTECTS, Found, Rule, Search, step, verdict
-from selenc.settings import ConfigError, Params
+from selenc.settings import FIRST_ROUND_IS_ONE_ROUND, ConfigError, Params
 
 MB = 1e6
 
@@ -100,11 +100,17 @@ def chunks(rule: Rule, have: int, want: int) -> list[range]:
 
 
 def probe_trials(params: Params, arch: str, group: Group, ratio: float, samples: range) -> list[Trial]:
-    """Every attack of the frontier on `samples` of one cell, sample by sample."""
+    """Every attack of the frontier on `samples` of one cell, sample by sample. Over several rounds under a policy
+    whose round 0 is the one-round message (`settings.FIRST_ROUND_IS_ONE_ROUND`) the server holds that message too:
+    the one-round trials of the same sample join the cell's adversary, as in the sweep's findings
+    (`stats.with_first_round`)."""
     cfg, seeds = params.guidelines, params.study.model_seeds
     cell = (cfg.threat_model, group.metric, ratio, cfg.mask_source, group.ties, group.victim)
     attacks = params.frontier.grid(arch).attacks
-    return [Trial(arch, a, *cell, *group.update, j % seeds, j // seeds) for j in samples for a in attacks]
+    updates = [group.update]
+    if group.rounds > 1 and group.mask_policy in FIRST_ROUND_IS_ONE_ROUND:
+        updates.append((*group.update[:4], *ONE_ROUND))
+    return [Trial(arch, a, *cell, *u, j % seeds, j // seeds) for j in samples for u in updates for a in attacks]
 
 
 def tasks(params: Params, arch: str, asks: dict[tuple[Group, float], tuple[int, int]]) -> list[list[Trial]]:
@@ -248,7 +254,8 @@ def found_table(params: Params, arch: str, found: dict, probes: pd.DataFrame) ->
         row["bracket_high"] = f.ratio_star
         row |= {"monotone": f.monotone, "violating_ratio": f.violating_ratio, "probes": len(f.probes)}
         read = at.loc[[(*dataclasses.astuple(group), r) for r in f.probes], "n"]
-        row["trials"] = int(read.sum()) * len(attacks)
+        ran = zip(f.probes, read.astype(int), strict=True)
+        row["trials"] = sum(len(probe_trials(params, arch, group, r, range(n))) for r, n in ran)
         if f.ratio_star is not None:
             probe = at.loc[(*dataclasses.astuple(group), f.ratio_star)]
             row |= {"n": probe.n, "protected_share": probe[f"protected_{name}"]}

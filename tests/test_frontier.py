@@ -115,3 +115,18 @@ def test_the_frontier_searches_each_client_update_on_its_own(raw):
     raw["frontier"]["gpt2"]["updates"] = [{}, {"batch_size": 3}]  # 20 samples x 3 > the 40 sentences
     with pytest.raises(ConfigError, match=r"frontier\.n_max: 20 trials x frontier\.gpt2\.updates\.1\.batch_size 3"):
         parse_params(raw)
+
+
+def test_a_rounds_probe_holds_round_zero_where_it_is_the_one_round_message(raw):
+    raw["frontier"]["gpt2"]["updates"] = [{}, {"rounds": 4}, {"rounds": 4, "mask_policy": "consensus"}]
+    params = parse_params(raw)
+    attacks = params.frontier.gpt2.attacks
+    by_update = {}
+    for group in frontier.groups_of(params, "gpt2"):
+        trials = frontier.probe_trials(params, "gpt2", group, 0.5, range(3))
+        by_update[(group.rounds, group.mask_policy)] = {(t.rounds, t.mask_policy, t.clients, t.trial) for t in trials}
+        assert len(trials) == len({(t.rounds, t.trial) for t in trials}) * len(attacks)
+    one = {(1, "fresh", 1, j) for j in range(3)}
+    assert by_update[(1, "fresh")] == one
+    assert by_update[(4, "fresh")] == one | {(4, "fresh", params.update.clients, j) for j in range(3)}
+    assert by_update[(4, "consensus")] == {(4, "consensus", params.update.clients, j) for j in range(3)}
