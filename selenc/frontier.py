@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from selenc import cache, data, engine, plots, stats
 from selenc.config import known_model, load_params
-from selenc.grid import ONE_ROUND, UPDATE, Trial, distinct, update_fields, update_label
+from selenc.grid import UPDATE, Trial, distinct, update_fields, update_label
 from selenc.results import Cost, Outcome, frontier_tables
 from selenc.search import PROTECTS, Found, Rule, Search, step, verdict
 from selenc.settings import FIRST_ROUND_IS_ONE_ROUND, ConfigError, Params
@@ -109,7 +109,10 @@ def probe_trials(params: Params, arch: str, group: Group, ratio: float, samples:
     attacks = params.frontier.grid(arch).attacks
     updates = [group.update]
     if group.rounds > 1 and group.mask_policy in FIRST_ROUND_IS_ONE_ROUND:
-        updates.append((*group.update[:4], *ONE_ROUND))
+        one_round = update_fields(params.update.model_copy(update={"rounds": 1}))[
+            4:
+        ]  # the rounds fields of one message
+        updates.append((*group.update[:4], *one_round))
     return [Trial(arch, a, *cell, *u, j % seeds, j // seeds) for j in samples for u in updates for a in attacks]
 
 

@@ -20,17 +20,12 @@ from selenc.settings import Params, Update
 UPDATE = ("update_kind", "batch_size", "local_steps", "local_lr", "rounds", "mask_policy", "clients", "server_lr")
 
 
-ONE_ROUND = (1, "fresh", 1, 0.0)  # the rounds fields of one message: no mask policy, federation or global step
-
-
 def update_fields(update: Update) -> tuple[str, int, int, float, int, str, int, float]:
     """A client update as a trial's `UPDATE` fields. Settings an update ignores take placeholders, so they never split
     a grid point: FedSGD takes no local step (0, 0.0); one round has no mask policy, federation or global step
-    (`ONE_ROUND`)."""
+    ("fresh", 1, 0.0)."""
     steps, lr = (0, 0.0) if update.kind == "fedsgd" else (update.local_steps, update.local_lr)
-    if update.rounds == 1:
-        return update.kind, update.batch_size, steps, lr, *ONE_ROUND
-    federation = (update.mask_policy, update.clients, update.server_lr)
+    federation = ("fresh", 1, 0.0) if update.rounds == 1 else (update.mask_policy, update.clients, update.server_lr)
     return update.kind, update.batch_size, steps, lr, update.rounds, *federation
 
 
